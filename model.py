@@ -1,0 +1,369 @@
+"""
+The NanoVLM: a vision-language model small enough to read in one sitting and to train on a laptop.
+
+An image goes through a small vision transformer (the encoder). A connector maps the encoder's output into the
+width of a GPT-style decoder, where it becomes a prefix: visual tokens stand in front of the text tokens and the
+decoder, attending causally, writes the text that follows. There is no cross-attention; the picture is just the
+beginning of the sequence. The loss is next-token cross-entropy on the text alone. Everything trains from scratch.
+
+    image (B, H, W, 3) uint8
+      -> PatchEmbed: two strided convolutions, LayerNorm, ReLU, linear     (B, N, Ce)   N = (H / patch)^2
+      -> [CLS] prepended, positions added, pre-LN transformer blocks      (B, 1+N, Ce)
+      -> Connector: linear + GELU, on CLS only (the paper) or on all      (B, P, C)    P = 1 or 1+N
+      -> decoder input = [visual prefix ; text embeddings] + positions   (B, P+T, C)
+      -> causal pre-LN blocks, LayerNorm, linear head over the vocabulary (B, T, V)
+
+Reference: Agarwalla et al., "NanoVLMs: How small can we go and still make coherent Vision Language Models?", 2025.
+
+    python model.py --size=base --vocab_size=8192    # parameter table of a preset
+"""
+import math
+import sys
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class VLMConfig:
+    img_size: int = 224          # images are img_size x img_size RGB
+    patch_size: int = 16         # each patch_size x patch_size square is one encoder token (multiple of 4)
+    enc_layer: int = 1           # encoder transformer blocks
+    enc_embd: int = 400          # encoder width (the paper's "image width")
+    enc_head: int = 8            # encoder attention heads
+    n_layer: int = 4             # decoder transformer blocks
+    n_head: int = 8              # decoder attention heads
+    n_embd: int = 96             # decoder width (the paper's "text width")
+    vocab_size: int = 8192       # rows of the token embedding: the compact vocabulary of data.Tokenizer
+    block_size: int = 128        # longest text in tokens, style and end-of-text tokens included
+    visual_tokens: str = 'cls'   # 'cls': the paper's single summary token; 'all': CLS and every patch (LLaVA-style)
+    dropout: float = 0.1         # the paper's dropout for every size
+
+
+# Presets: the paper's Table 1 (mini, base, large; 224 px, 16 px patches, dropout 0.1) and ours for a CPU.
+# 'tiny' sees 64 px pictures in 8 px patches and hands all 65 visual tokens to the decoder, which learns to name
+# what is where far faster than through the single CLS token (README, "Which visual tokens").
+SIZES = {
+    'tiny': dict(img_size=64, patch_size=8, enc_layer=2, enc_embd=128, enc_head=4, n_layer=4, n_head=4, n_embd=128,
+                 visual_tokens='all', dropout=0.0),
+    'mini': dict(img_size=224, patch_size=16, enc_layer=1, enc_embd=400, enc_head=8, n_layer=4, n_head=8, n_embd=96,
+                 visual_tokens='cls', dropout=0.1),
+    'base': dict(img_size=224, patch_size=16, enc_layer=3, enc_embd=512, enc_head=8, n_layer=8, n_head=8, n_embd=128,
+                 visual_tokens='cls', dropout=0.1),
+    'large': dict(img_size=224, patch_size=16, enc_layer=5, enc_embd=512, enc_head=16, n_layer=10, n_head=16,
+                  n_embd=192, visual_tokens='cls', dropout=0.1),
+}
+
+
+def check_config(c):
+    """A config the model cannot be built from is a UserError that says why."""
+    if c.visual_tokens not in ('cls', 'all'):
+        raise UserError(f"visual_tokens must be 'cls' or 'all', not {c.visual_tokens!r}")
+    if c.patch_size % 4 or c.patch_size <= 0 or c.img_size % c.patch_size:
+        raise UserError(f'patch_size {c.patch_size} must be a multiple of 4 that divides img_size {c.img_size}')
+    for width, heads, part in ((c.enc_embd, c.enc_head, 'enc'), (c.n_embd, c.n_head, 'n')):
+        if heads <= 0 or width % heads:
+            raise UserError(f'{part}_embd {width} does not split into {heads} heads ({part}_head)')
+    for name in ('enc_layer', 'n_layer', 'vocab_size', 'block_size'):
+        if getattr(c, name) <= 0:
+            raise UserError(f'{name} must be positive')
+    if not 0 <= c.dropout < 1:
+        raise UserError('dropout must be in [0, 1)')
+
+
+# -----------------------------------------------------------------------------
+# The transformer block, shared by encoder (bidirectional) and decoder (causal, with a KV cache for generation)
+
+class SelfAttention(nn.Module):
+    def __init__(self, n_embd, n_head, dropout, causal):
+        super().__init__()
+        self.n_head, self.causal, self.dropout = n_head, causal, dropout
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x, cache=None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is not None:  # generation: keep every key and value so far, attend over all of them
+            if 'k' in cache:
+                assert T == 1, 'after the first call the cache takes one token at a time'
+                k, v = torch.cat([cache['k'], k], dim=2), torch.cat([cache['v'], v], dim=2)
+            cache['k'], cache['v'] = k, v
+        causal = self.causal and q.size(2) == k.size(2)  # a single new query may see every cached key
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd, dropout):
+        super().__init__()
+        self.fc = nn.Linear(n_embd, 4 * n_embd)
+        self.proj = nn.Linear(4 * n_embd, n_embd)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, n_embd, n_head, dropout, causal):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd)
+        self.attn = SelfAttention(n_embd, n_head, dropout, causal)
+        self.ln_2 = nn.LayerNorm(n_embd)
+        self.mlp = MLP(n_embd, dropout)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+# -----------------------------------------------------------------------------
+# The visual encoder: a small ViT
+
+class PatchEmbed(nn.Module):
+    """Cut the image into patches with two strided convolutions (patch/4 then 4 pixels a side), then LayerNorm,
+    ReLU and a linear layer to the encoder width. A ReLU between the convolutions keeps them from collapsing into
+    one linear map (the paper does not say; it costs no parameters)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        k1, C = cfg.patch_size // 4, cfg.enc_embd
+        self.conv1 = nn.Conv2d(3, C // 2, kernel_size=k1, stride=k1)
+        self.conv2 = nn.Conv2d(C // 2, C, kernel_size=4, stride=4)
+        self.ln = nn.LayerNorm(C)
+        self.fc = nn.Linear(C, C)
+
+    def forward(self, pixels):  # (B, 3, H, W)
+        x = self.conv2(F.relu(self.conv1(pixels)))  # (B, C, H/p, W/p)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        return self.fc(F.relu(self.ln(x)))
+
+
+class VisionEncoder(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        n_patches = (cfg.img_size // cfg.patch_size) ** 2
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.enc_embd))
+        self.pos = nn.Parameter(torch.zeros(1, 1 + n_patches, cfg.enc_embd))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg.enc_embd, cfg.enc_head, cfg.dropout, causal=False) for _ in range(cfg.enc_layer))
+        self.ln_f = nn.LayerNorm(cfg.enc_embd)
+
+    def forward(self, pixels):
+        x = self.patch_embed(pixels)  # (B, N, Ce)
+        x = torch.cat([self.cls.expand(x.size(0), -1, -1), x], dim=1)  # (B, 1+N, Ce)
+        x = self.drop(x + self.pos)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+
+# -----------------------------------------------------------------------------
+# The whole model: encoder, connector, decoder
+
+class NanoVLM(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        check_config(config)
+        self.config = cfg = config
+        n_patches = (cfg.img_size // cfg.patch_size) ** 2
+        self.n_prefix = 1 if cfg.visual_tokens == 'cls' else 1 + n_patches  # visual tokens in front of the text
+        self.encoder = VisionEncoder(cfg)
+        self.connector = nn.Sequential(nn.Linear(cfg.enc_embd, cfg.n_embd), nn.GELU())
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(self.n_prefix + cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.decoder = nn.ModuleList(Block(cfg.n_embd, cfg.n_head, cfg.dropout, causal=True) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied, as in GPT-2: one table to read tokens and to write them
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled down with depth
+            if name.endswith('proj.weight'):
+                n = cfg.n_layer if name.startswith('decoder') else cfg.enc_layer
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n))
+        nn.init.normal_(self.encoder.pos, std=0.02)
+        nn.init.normal_(self.encoder.cls, std=0.02)
+
+    def _init_weights(self, m):
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if getattr(m, 'bias', None) is not None:
+                nn.init.zeros_(m.bias)
+
+    def visual_prefix(self, images):
+        """uint8 images (B, H, W, 3) -> visual tokens in the decoder's width (B, P, C). Pixels are scaled to [-1, 1]
+        here, on whatever device the images are, so data can travel as uint8 (4x less to copy)."""
+        pixels = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, H, W)
+        x = self.encoder(pixels)  # (B, 1+N, Ce)
+        if self.config.visual_tokens == 'cls':
+            x = x[:, :1]  # (B, 1, Ce): the CLS token summarises the image
+        return self.connector(x)  # (B, P, C)
+
+    def decode(self, prefix, idx, caches=None, start=0):
+        """Run the decoder over [prefix ; embeddings of idx] at positions start.. and return the final hidden states
+        of the text positions (B, T, C). prefix may be None when continuing from a KV cache."""
+        x = self.wte(idx)  # (B, T, C)
+        if prefix is not None:
+            x = torch.cat([prefix, x], dim=1)  # (B, P+T, C)
+        pos = torch.arange(start, start + x.size(1), device=idx.device)
+        x = self.drop(x + self.wpe(pos))
+        for i, block in enumerate(self.decoder):
+            x = block(x, None if caches is None else caches[i])
+        return self.ln_f(x[:, x.size(1) - idx.size(1):])
+
+    def forward(self, images, idx, targets=None):
+        """images (B, H, W, 3) uint8; idx (B, T) token ids starting with a style token; targets (B, T) the next
+        token at each position, -1 where there is none (padding). Returns logits (B, T, V) and the mean loss."""
+        if idx.size(1) > self.config.block_size:
+            raise ValueError(f'text of {idx.size(1)} tokens is longer than block_size {self.config.block_size}')
+        logits = self.lm_head(self.decode(self.visual_prefix(images), idx))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, images, idx, max_new_tokens, temperature=1.0, top_k=None, eot=None, use_cache=True):
+        """Continue idx (B, T0), a style token and an optional beginning of the same length in every row, for up
+        to max_new_tokens. temperature 0 is greedy. Rows that write eot stop (later positions are filled with
+        eot) and generation ends when all have. Returns the new tokens (B, n)."""
+        max_new_tokens = min(max_new_tokens, self.config.block_size - idx.size(1))
+        prefix = self.visual_prefix(images)
+        caches = [{} for _ in self.decoder] if use_cache else None
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        new = []
+        h = self.decode(prefix, idx, caches)  # prefill: prefix and beginning in one pass
+        for step in range(max_new_tokens):
+            logits = self.lm_head(h[:, -1]).float()  # (B, V)
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, -float('inf'))
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1).squeeze(1)
+            if eot is not None:
+                nxt = nxt.masked_fill(done, eot)
+                done = done | (nxt == eot)
+            new.append(nxt)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            idx = torch.cat([idx, nxt[:, None]], dim=1)
+            if use_cache:  # one new token, attending to everything cached
+                h = self.decode(None, nxt[:, None], caches, start=prefix.size(1) + idx.size(1) - 1)
+            else:  # recompute the whole sequence (the visual prefix is reused: only the decoder is the point here)
+                h = self.decode(prefix, idx)
+        return torch.stack(new, dim=1) if new else idx[:, :0]
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW; matrices and embeddings decay, biases, norms, CLS and positions do not. Fused on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2 and p is not self.encoder.pos and p is not self.encoder.cls]
+        no_decay = [p for p in params if not any(p is q for q in decay)]
+        groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == 'cuda')
+
+    def param_counts(self):
+        """Parameters of encoder, connector and decoder (the tied embedding counted once, in the decoder)."""
+        enc = sum(p.numel() for p in self.encoder.parameters())
+        con = sum(p.numel() for p in self.connector.parameters())
+        total = sum(p.numel() for p in self.parameters())
+        return {'encoder': enc, 'connector': con, 'decoder': total - enc - con, 'total': total}
+
+
+def config_from(flags):
+    """A VLMConfig from any dict that holds its fields (the flags of train.py, a checkpoint's model_args)."""
+    return VLMConfig(**{f.name: flags[f.name] for f in fields(VLMConfig) if f.name in flags})
+
+
+# -----------------------------------------------------------------------------
+# Command-line flags, shared by every script: --key=value over module-level defaults, --size=NAME for a preset.
+# A mistake the user can make ends as one line naming it, never a traceback.
+
+class UserError(Exception):
+    """Something the user can fix (a flag, a path, a file): printed as one line."""
+
+
+def parse_flags(defaults, argv, sizes=None):
+    """Return defaults overridden by argv. --size=NAME applies SIZES[NAME] first, so explicit flags win over it.
+    Each value is converted to its default's type; an unknown key or a value of the wrong type is a UserError."""
+    out = dict(defaults)
+    pairs = []
+    for arg in argv:
+        if not arg.startswith('--') or '=' not in arg:
+            raise UserError(f'unexpected argument {arg!r}: flags are written --key=value')
+        key, value = arg[2:].split('=', 1)
+        if key not in defaults:
+            raise UserError(f'unknown flag --{key}; known flags: ' + ' '.join(f'--{k}' for k in defaults))
+        pairs.append((key, value))
+    for key, value in sorted(pairs, key=lambda kv: kv[0] != 'size'):
+        if key == 'size' and sizes is not None:
+            if value not in sizes:
+                raise UserError(f'unknown size {value!r}; choose one of: {", ".join(sizes)}')
+            out.update(sizes[value])
+        out[key] = _convert(key, value, defaults[key])
+    return out
+
+
+def _convert(key, value, default):
+    kind = type(default)
+    try:
+        if kind is bool:
+            if value.lower() not in ('true', 'false', '1', '0'):
+                raise ValueError
+            return value.lower() in ('true', '1')
+        return kind(value)
+    except ValueError:
+        raise UserError(f'--{key}={value} is not a valid {kind.__name__} (default: {default!r})')
+
+
+def pick_device(name):
+    """'auto' is the best device here: cuda, then mps, then cpu."""
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f'unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps')
+    if device.type == 'cuda' and not torch.cuda.is_available() or device.type == 'mps' and not torch.backends.mps.is_available():
+        raise UserError(f'device {name} is not available on this machine; use --device=cpu or --device=auto')
+    return device
+
+
+def run_cli(main):
+    """Run main(argv) and turn a UserError into one line on stderr and exit status 1."""
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        sys.exit(130)
+
+
+# -----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    def main(argv):
+        defaults = {'size': 'mini', **asdict(VLMConfig())}
+        cfg = config_from(parse_flags(defaults, argv, SIZES))
+        counts = NanoVLM(cfg).param_counts()
+        name = dict(a.split('=', 1) for a in argv).get('--size', 'mini')
+        print(f'NanoVLM {name}: {cfg}')
+        print(f"{'part':<10} {'params':>12} {'share':>7}")
+        for part, n in counts.items():
+            print(f'{part:<10} {n:>12,} {100 * n / counts["total"]:>6.1f}%')
+    run_cli(main)

@@ -1,0 +1,110 @@
+"""
+Describe pictures with a trained NanoVLM, or complete a description you begin.
+
+    python sample.py --out_dir=out-tiny --image=data/picturebook/images/test-00000.png
+    python sample.py --out_dir=out-tiny --image=photo.jpg --prompt="The red" --style=long
+    python sample.py --out_dir=out-tiny --jsonl=data/picturebook/test.jsonl --out=samples.jsonl
+
+How the style is chosen: one model learns both styles. Every training text starts with a style token, <|short|> or
+<|long|>, and the model learns to write a ShortDesc after the first and a LongDesc after the second (the paper
+trained a separate model per dataset; one model with a style token is cheaper and shares what it sees). --style
+picks the token; a --prompt is the beginning of the description, which the model continues.
+
+With --jsonl every record of a dataset file is described (images resolved relative to that file) and written to
+--out as {"id", "image", "style", "prompt", "text"} where text is the whole description, the prompt included; the
+record's "scene", if it has one, is copied so that grade.py can check the text against the picture.
+"""
+import os
+
+import numpy as np
+import torch
+
+import data
+from model import NanoVLM, UserError, VLMConfig, parse_flags, pick_device, run_cli
+
+DEFAULTS = dict(
+    out_dir='out-tiny',     # folder of the checkpoint (ckpt.pt)
+    image='',               # describe this one image ...
+    jsonl='',               # ... or every record of this JSONL dataset file
+    out='',                 # with --jsonl: write the descriptions here (JSONL)
+    n=0,                    # with --jsonl: only the first n records (0: all)
+    prompt='',              # the beginning of the description, to be completed
+    style='short',          # 'short' (20-25 words) or 'long' (60-70 words)
+    temperature=0.7,        # 0 is greedy; higher is more varied and less exact
+    top_k=20,               # sample from the k most likely tokens (0: all)
+    max_new_tokens=120,     # upper bound on the tokens written
+    batch_size=64,          # images described at once
+    seed=1337,              # for sampling
+    device='auto',          # auto, cpu, cuda, mps
+)
+
+
+def load_checkpoint(path, device='cpu'):
+    if not os.path.exists(path):
+        raise UserError(f'no checkpoint at {path}; train one with python train.py, or point --out_dir at one')
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:
+        raise UserError(f'cannot read checkpoint {path}: {e}')
+
+
+def model_from_checkpoint(ckpt):
+    """The model and tokenizer a checkpoint holds, ready for inference."""
+    model = NanoVLM(VLMConfig(**ckpt['model_args']))
+    model.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()})
+    return model.eval(), data.Tokenizer.from_state(ckpt['tokenizer'])
+
+
+@torch.no_grad()
+def describe(model, tokenizer, images, style='short', prompt='', temperature=0.7, top_k=20, max_new_tokens=120,
+             use_cache=True):
+    """Descriptions of images (B, S, S, 3) uint8 (numpy or torch), each starting with prompt. Returns B strings."""
+    if style not in data.STYLE_TOKEN:
+        raise UserError(f'--style={style}: use short or long')
+    device = next(model.parameters()).device
+    images = torch.as_tensor(np.array(images)).to(device)  # a copy: memory-mapped arrays are read-only
+    start = [data.STYLE_TOKEN[style]] + tokenizer.encode(prompt.rstrip())
+    idx = torch.tensor([start] * len(images), dtype=torch.long, device=device)
+    new = model.generate(images, idx, max_new_tokens, temperature=temperature, top_k=top_k, eot=data.EOT,
+                         use_cache=use_cache)
+    return [tokenizer.decode(start[1:] + row) for row in new.tolist()]
+
+
+def main(argv):
+    f = parse_flags(DEFAULTS, argv)
+    if bool(f['image']) == bool(f['jsonl']):
+        raise UserError('give one of --image=PATH or --jsonl=FILE')
+    if f['jsonl'] and not f['out']:
+        raise UserError('--jsonl needs --out=FILE for the descriptions')
+    for key in ('batch_size', 'max_new_tokens'):
+        if f[key] < 1:
+            raise UserError(f'--{key} must be at least 1')
+    if f['n'] < 0 or f['top_k'] < 0 or f['temperature'] < 0:
+        raise UserError('--n, --top_k and --temperature cannot be negative')
+    device = pick_device(f['device'])
+    model, tokenizer = model_from_checkpoint(load_checkpoint(os.path.join(f['out_dir'], 'ckpt.pt'), device))
+    model.to(device)
+    torch.manual_seed(f['seed'])
+    size = model.config.img_size
+    opts = dict(style=f['style'], prompt=f['prompt'], temperature=f['temperature'], top_k=f['top_k'],
+                max_new_tokens=f['max_new_tokens'])
+    if f['image']:
+        print(describe(model, tokenizer, data.load_image(f['image'], size)[None], **opts)[0])
+        return
+    records = data.read_jsonl(f['jsonl'])[:f['n'] or None]
+    root = os.path.dirname(f['jsonl'])
+    out = []
+    for i in range(0, len(records), f['batch_size']):
+        batch = records[i:i + f['batch_size']]
+        paths = [os.path.join(root, r['image']) for r in batch]
+        texts = describe(model, tokenizer, np.stack([data.load_image(p, size) for p in paths]), **opts)
+        for r, path, text in zip(batch, paths, texts):
+            out.append({'id': r.get('id', path), 'image': path, 'style': f['style'], 'prompt': f['prompt'], 'text': text,
+                        **({'scene': r['scene']} if 'scene' in r else {})})
+        print(f'described {len(out)}/{len(records)}', end='\r', flush=True)
+    data.write_jsonl(f['out'], out)
+    print(f'\nwrote {len(out)} descriptions to {f["out"]}')
+
+
+if __name__ == '__main__':
+    run_cli(main)

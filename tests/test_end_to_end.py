@@ -1,0 +1,124 @@
+"""train.py, sample.py and grade.py run as a user runs them, on a tiny picture-book dataset and model."""
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import data
+import grade
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def test_train_writes_checkpoint(trained, tiny_fields):
+    ckpt = load(os.path.join(trained.out_dir, 'ckpt.pt'))
+    assert {'model_args', 'model', 'optimizer', 'tokenizer', 'step'} <= set(ckpt)
+    assert ckpt['step'] == 20
+    for key, value in tiny_fields.items():
+        assert ckpt['model_args'][key] == value
+    with open(os.path.join(trained.data_dir, 'vocab.json')) as f:
+        vocab = json.load(f)
+    assert ckpt['tokenizer'] == vocab
+    assert ckpt['model_args']['vocab_size'] == len(data.Tokenizer.from_state(vocab))
+    assert ckpt['model']['wte.weight'].shape == (ckpt['model_args']['vocab_size'], tiny_fields['n_embd'])
+    assert ckpt['optimizer']['state'], 'the optimiser state was not saved'
+    assert not os.path.exists(os.path.join(trained.out_dir, 'ckpt.pt.tmp'))
+    assert re.search(r'^step 0: ', trained.stdout, re.M) and re.search(r'^step 20: ', trained.stdout, re.M)
+    assert re.search(r'^done: 20 steps', trained.stdout, re.M), trained.stdout
+
+
+def test_train_loss_falls(trained):
+    losses = {int(m.group(1)): float(m.group(2)) for m in re.finditer(r'^step (\d+): train/short ([\d.]+)', trained.stdout, re.M)}
+    assert set(losses) == {0, 10, 20}
+    assert losses[20] < losses[0], trained.stdout
+
+
+def test_resume_continues(trained, run_script, train_flags, tmp_path):
+    out_dir = str(tmp_path / 'resumed')
+    shutil.copytree(trained.out_dir, out_dir)
+    before = load(os.path.join(out_dir, 'ckpt.pt'))
+    flags = [f for f in train_flags if not f.startswith('--max_iters=')]
+    p = run_script('train.py', f'--data_dir={trained.data_dir}', f'--out_dir={out_dir}', '--init_from=resume',
+                   '--max_iters=30', *flags)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert re.search(r'resum\w* .*at step 20\b', p.stdout), p.stdout
+    assert not re.search(r'^step 0: ', p.stdout, re.M), 'resume started again from step 0'
+    assert re.search(r'^done: 30 steps', p.stdout, re.M), p.stdout
+    after = load(os.path.join(out_dir, 'ckpt.pt'))
+    assert after['step'] == 30
+    assert after['model_args'] == before['model_args'] and after['tokenizer'] == before['tokenizer']
+    assert not torch.equal(after['model']['wte.weight'], before['model']['wte.weight']), 'no training after resume'
+    # resumed, not restarted: the optimiser carries on counting its steps from the checkpoint's 20
+    steps = [s['step'] for s in after['optimizer']['state'].values()]
+    assert steps and all(float(s) == 30 for s in steps)
+
+
+def test_sample_one_image(trained, run_script):
+    image = os.path.join(trained.data_dir, 'images', 'test-00000.png')
+    p = run_script('sample.py', f'--out_dir={trained.out_dir}', f'--image={image}', '--max_new_tokens=30')
+    assert p.returncode == 0, p.stderr
+    lines = [line for line in p.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].strip(), p.stdout
+
+
+@pytest.fixture(scope='module')
+def samples(trained, run_script, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('samples') / 's.jsonl')
+    p = run_script('sample.py', f'--out_dir={trained.out_dir}', f'--jsonl={trained.data_dir}/test.jsonl',
+                   f'--out={out}', '--n=5', '--prompt=The', '--max_new_tokens=40')
+    assert p.returncode == 0, p.stdout + p.stderr
+    return out
+
+
+def test_sample_jsonl(samples, trained):
+    records = data.read_jsonl(samples)
+    truth = {r['id']: r for r in data.read_jsonl(os.path.join(trained.data_dir, 'test.jsonl'))[:5]}
+    assert len(records) == 5
+    assert [r['id'] for r in records] == list(truth)
+    for r in records:
+        assert {'id', 'image', 'prompt', 'text', 'style', 'scene'} <= set(r)
+        assert r['style'] == 'short' and r['prompt'] == 'The'
+        assert r['text'].startswith('The')
+        assert r['scene'] == truth[r['id']]['scene']
+        assert os.path.exists(r['image']) and os.path.samefile(r['image'], os.path.join(trained.data_dir, truth[r['id']]['image']))
+
+
+def test_sample_jsonl_long_style_without_prompt(trained, run_script, tmp_path):
+    out = str(tmp_path / 'long.jsonl')
+    p = run_script('sample.py', f'--out_dir={trained.out_dir}', f'--jsonl={trained.data_dir}/val.jsonl',
+                   f'--out={out}', '--n=3', '--style=long', '--max_new_tokens=20', '--temperature=0')
+    assert p.returncode == 0, p.stdout + p.stderr
+    records = data.read_jsonl(out)
+    assert len(records) == 3 and all(r['style'] == 'long' and r['prompt'] == '' for r in records)
+
+
+def test_grade_cli(samples, run_script, tmp_path):
+    result = str(tmp_path / 'grades.json')
+    p = run_script('grade.py', samples, '--judge=grounding', f'--json={result}')
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    header = lines[0].split()
+    assert 'precision' in header and 'recall' in header
+    row = next(line for line in lines if line.startswith(samples)).split()
+    expected = grade.grounding(data.read_jsonl(samples))
+    assert int(row[header.index('n')]) == 5
+    assert float(row[header.index('precision')]) == pytest.approx(expected['precision'], abs=5e-4)
+    assert float(row[header.index('recall')]) == pytest.approx(expected['recall'], abs=5e-4)
+    with open(result) as f:
+        assert json.load(f)[samples] == expected
+
+
+def test_describe_in_process(trained):
+    """sample.describe with the cache and without writes the same greedy text, starting with the prompt."""
+    import sample
+    model, tokenizer = sample.model_from_checkpoint(load(os.path.join(trained.out_dir, 'ckpt.pt')))
+    images = np.stack([data.load_image(os.path.join(trained.data_dir, 'images', f'val-0000{i}.png'), 32) for i in range(3)])
+    a = sample.describe(model, tokenizer, images, prompt='A red', temperature=0, max_new_tokens=25)
+    b = sample.describe(model, tokenizer, images, prompt='A red', temperature=0, max_new_tokens=25, use_cache=False)
+    assert a == b and len(a) == 3 and all(t.startswith('A red') for t in a)

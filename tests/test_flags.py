@@ -1,0 +1,155 @@
+"""Flags (model.parse_flags) and the scripts' one-line errors for mistakes a user can make."""
+from dataclasses import asdict
+
+import pytest
+
+import model
+from model import SIZES, UserError, VLMConfig, parse_flags
+
+DEFAULTS = dict(name='run', n=3, lr=0.5, flag=False)
+
+
+def test_defaults_unchanged_without_flags():
+    out = parse_flags(DEFAULTS, [])
+    assert out == DEFAULTS and out is not DEFAULTS
+
+
+def test_types_are_converted():
+    out = parse_flags(DEFAULTS, ['--name=other=x', '--n=12', '--lr=1e-3', '--flag=True'])
+    assert out == dict(name='other=x', n=12, lr=1e-3, flag=True)
+    assert type(out['n']) is int and type(out['lr']) is float and type(out['flag']) is bool
+    for value, expected in (('true', True), ('1', True), ('False', False), ('0', False)):
+        assert parse_flags(DEFAULTS, [f'--flag={value}'])['flag'] is expected
+    assert parse_flags(DEFAULTS, ['--lr=2'])['lr'] == 2.0 and type(parse_flags(DEFAULTS, ['--lr=2'])['lr']) is float
+    assert parse_flags(DEFAULTS, ['--name='])['name'] == ''
+
+
+def test_unknown_flag_names_it():
+    with pytest.raises(UserError, match='--bogus'):
+        parse_flags(DEFAULTS, ['--n=2', '--bogus=1'])
+
+
+@pytest.mark.parametrize('arg', ['--n=abc', '--n=1.5', '--lr=fast', '--flag=yes'])
+def test_mistyped_value(arg):
+    with pytest.raises(UserError, match=arg.split('=')[0]):
+        parse_flags(DEFAULTS, [arg])
+
+
+@pytest.mark.parametrize('arg', ['n=3', '--n', 'extra'])
+def test_malformed_argument(arg):
+    with pytest.raises(UserError):
+        parse_flags(DEFAULTS, [arg])
+
+
+SIZE_DEFAULTS = {'size': 'tiny', **asdict(VLMConfig())}
+
+
+def test_size_applies_preset():
+    out = parse_flags(SIZE_DEFAULTS, ['--size=base'], SIZES)
+    assert out['size'] == 'base'
+    for key, value in SIZES['base'].items():
+        assert out[key] == value
+
+
+@pytest.mark.parametrize('argv', [['--size=base', '--n_layer=7'], ['--n_layer=7', '--size=base']])
+def test_explicit_flag_wins_over_preset_in_any_order(argv):
+    out = parse_flags(SIZE_DEFAULTS, argv, SIZES)
+    assert out['n_layer'] == 7
+    assert out['enc_layer'] == SIZES['base']['enc_layer'] and out['n_embd'] == SIZES['base']['n_embd']
+
+
+def test_unknown_size():
+    with pytest.raises(UserError, match='huge'):
+        parse_flags(SIZE_DEFAULTS, ['--size=huge'], SIZES)
+
+
+def test_pick_device():
+    assert model.pick_device('cpu').type == 'cpu'
+    assert model.pick_device('auto').type in ('cpu', 'cuda', 'mps')
+    with pytest.raises(UserError):
+        model.pick_device('tpu-of-dreams')
+
+
+def test_train_presets():
+    import train
+    for name in SIZES:
+        out = parse_flags(train.DEFAULTS, [f'--size={name}'], train.PRESETS)
+        assert out['out_dir'] == train.RUNS[name]['out_dir']
+        assert all(out[k] == v for k, v in SIZES[name].items())
+    out = parse_flags(train.DEFAULTS, ['--learning_rate=5e-4', '--size=mini'], train.PRESETS)
+    assert out['learning_rate'] == 5e-4 and out['batch_size'] == train.RUNS['mini']['batch_size']
+
+
+# -----------------------------------------------------------------------------
+# The scripts end a user's mistake with one line on stderr, never a traceback.
+
+def assert_one_line_error(p, *words):
+    assert p.returncode != 0, p.stdout
+    assert 'Traceback' not in p.stderr, p.stderr
+    lines = p.stderr.rstrip('\n').split('\n')
+    assert len(lines) == 1 and lines[0].strip(), p.stderr
+    assert lines[0].startswith('error:'), p.stderr
+    for word in words:
+        assert word in lines[0], (word, p.stderr)
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--size=huge'], ['huge']),
+    (['--batch_size=x'], ['--batch_size=x']),
+    (['--bogus=1'], ['--bogus']),
+    (['--n_layer=abc'], ['--n_layer=abc']),
+])
+def test_train_flag_errors(run_script, args, words):
+    assert_one_line_error(run_script('train.py', *args), *words)
+
+
+def test_train_missing_dataset(run_script, tmp_path):
+    p = run_script('train.py', f'--data_dir={tmp_path / "none"}', f'--out_dir={tmp_path / "out"}')
+    assert_one_line_error(p, str(tmp_path / 'none'))
+
+
+def test_train_resume_without_checkpoint(run_script, tmp_path):
+    assert_one_line_error(run_script('train.py', f'--out_dir={tmp_path}', '--init_from=resume'), 'ckpt.pt')
+
+
+def test_sample_without_checkpoint(run_script):
+    assert_one_line_error(run_script('sample.py', '--out_dir=/nonexistent', '--image=x.png'), '/nonexistent')
+
+
+def test_sample_missing_image(run_script, trained):
+    assert_one_line_error(run_script('sample.py', f'--out_dir={trained.out_dir}', '--image=/missing.png'), '/missing.png')
+
+
+def test_sample_corrupt_image(run_script, trained, tmp_path):
+    bad = tmp_path / 'x.png'
+    bad.write_bytes(b'\x89PNG but not really' * 20)
+    assert_one_line_error(run_script('sample.py', f'--out_dir={trained.out_dir}', f'--image={bad}'), str(bad))
+
+
+def test_model_cli_unknown_size(run_script):
+    assert_one_line_error(run_script('model.py', '--size=huge'), 'huge')
+
+
+def test_grade_cli_errors(run_script, tmp_path):
+    assert_one_line_error(run_script('grade.py'))
+    assert_one_line_error(run_script('grade.py', str(tmp_path / 'none.jsonl')), 'none.jsonl')
+
+
+@pytest.mark.parametrize('bad', ['--patch_size=6', '--n_head=5', '--eval_interval=0', '--log_interval=0',
+                                 '--batch_size=0', '--grad_accum=0'])
+def test_train_impossible_settings(run_script, picturebook, train_flags, tmp_path, bad):
+    """Values of the right type that cannot work are a user's mistake too: one line naming the flag, never a
+    traceback, and never a run that silently trains nothing."""
+    flags = [f for f in train_flags if not f.startswith(('--max_iters=', '--n_samples='))]
+    p = run_script('train.py', f'--data_dir={picturebook}', f'--out_dir={tmp_path}', *flags, '--max_iters=2',
+                   '--n_samples=0', bad)
+    assert_one_line_error(p, bad.split('=')[0].lstrip('-'))
+
+
+@pytest.mark.parametrize('bad', ['--batch_size=0', '--n=-2'])
+def test_sample_impossible_settings(run_script, trained, tmp_path, bad):
+    """sample.py --batch_size=0 cannot describe anything, and --n counts records (0: all), so a negative n is a
+    mistake: both are one line naming the flag, not a traceback or a silently different set of records."""
+    p = run_script('sample.py', f'--out_dir={trained.out_dir}', f'--jsonl={trained.data_dir}/test.jsonl',
+                   f'--out={tmp_path / "s.jsonl"}', '--max_new_tokens=5', bad)
+    assert_one_line_error(p, bad.split('=')[0].lstrip('-'))

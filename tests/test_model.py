@@ -1,0 +1,251 @@
+"""model.py: shapes, causal masking, generation (KV cache, eot, length cap), learning, parameter counts."""
+import re
+
+import pytest
+import torch
+
+import model
+from model import NanoVLM, VLMConfig
+
+
+def make_model(cfg, seed=0, spread=None):
+    """A NanoVLM in eval mode. spread: re-draw every matrix with this std, so that a random model's greedy
+    continuation varies from step to step instead of repeating one token (what the generation tests need)."""
+    torch.manual_seed(seed)
+    m = NanoVLM(cfg).eval()
+    if spread:
+        with torch.no_grad():
+            for p in m.parameters():
+                if p.dim() >= 2:
+                    p.normal_(0.0, spread)
+    return m
+
+
+def batch(cfg, B=3, T=10, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (B, cfg.img_size, cfg.img_size, 3), dtype=torch.uint8, generator=g)
+    idx = torch.randint(5, cfg.vocab_size, (B, T), generator=g)
+    return images, idx
+
+
+@pytest.mark.parametrize('visual_tokens, n_prefix', [('cls', 1), ('all', 1 + (32 // 8) ** 2)])
+def test_forward_shapes(tiny, visual_tokens, n_prefix):
+    cfg = tiny(visual_tokens=visual_tokens)
+    m = make_model(cfg)
+    assert m.n_prefix == n_prefix
+    images, idx = batch(cfg, B=3, T=10)
+    targets = torch.randint(0, cfg.vocab_size, (3, 10))
+    logits, loss = m(images, idx, targets)
+    assert logits.shape == (3, 10, cfg.vocab_size)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert m.visual_prefix(images).shape == (3, n_prefix, cfg.n_embd)
+    logits2, loss2 = m(images, idx)
+    assert loss2 is None
+    assert torch.allclose(logits, logits2)
+
+
+def test_forward_rejects_text_longer_than_block_size(tiny):
+    cfg = tiny(block_size=8)
+    m = make_model(cfg)
+    images, idx = batch(cfg, B=2, T=9)
+    with pytest.raises(ValueError):
+        m(images, idx)
+    m(images, idx[:, :8])  # exactly block_size is fine
+
+
+def test_loss_ignores_padding_targets(tiny):
+    """Targets of -1 (padding) take no part in the loss: it is the mean over the other positions."""
+    cfg = tiny()
+    m = make_model(cfg)
+    images, idx = batch(cfg, B=2, T=6)
+    targets = torch.randint(5, cfg.vocab_size, (2, 6))
+    targets[0, 4:] = -1
+    targets[1, 5:] = -1
+    logits, loss = m(images, idx, targets)
+    keep = targets != -1
+    expected = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_forward_accepts_sliced_targets(tiny):
+    """The natural way to make targets, y = tokens[:, 1:], is a non-contiguous view; forward must accept it and
+    give the same loss as a contiguous copy."""
+    cfg = tiny()
+    m = make_model(cfg)
+    images, toks = batch(cfg, B=2, T=9)
+    x, y = toks[:, :-1], toks[:, 1:]
+    assert not y.is_contiguous()
+    _, loss_contig = m(images, x, y.contiguous())
+    _, loss = m(images, x, y)
+    assert torch.allclose(loss, loss_contig)
+
+
+@pytest.mark.parametrize('visual_tokens', ['cls', 'all'])
+def test_causal_masking(tiny, visual_tokens):
+    """Changing the text token at position t never changes the logits at positions before t (but does after)."""
+    cfg = tiny(visual_tokens=visual_tokens)
+    m = make_model(cfg, spread=0.3)
+    images, idx = batch(cfg, B=2, T=12)
+    logits, _ = m(images, idx)
+    for t in (0, 1, 5, 11):
+        changed = idx.clone()
+        changed[:, t] = (idx[:, t] - 5 + 7) % (cfg.vocab_size - 5) + 5  # a different real token
+        assert (changed[:, t] != idx[:, t]).all()
+        logits2, _ = m(images, changed)
+        assert torch.allclose(logits[:, :t], logits2[:, :t], atol=1e-5), f'position < {t} saw the future'
+        assert not torch.allclose(logits[:, t:], logits2[:, t:], atol=1e-3), 'the change had no effect at all'
+
+
+@pytest.mark.parametrize('visual_tokens', ['cls', 'all'])
+def test_image_changes_logits(tiny, visual_tokens):
+    cfg = tiny(visual_tokens=visual_tokens)
+    m = make_model(cfg, spread=0.3)
+    images, idx = batch(cfg, B=2, T=5)
+    logits, _ = m(images, idx)
+    logits2, _ = m(255 - images, idx)
+    assert not torch.allclose(logits[:, 0], logits2[:, 0], atol=1e-3)
+
+
+@pytest.mark.parametrize('visual_tokens', ['cls', 'all'])
+@pytest.mark.parametrize('B, T0', [(1, 1), (3, 1), (3, 5)])
+def test_kv_cache_generation_equals_uncached(tiny, visual_tokens, B, T0):
+    cfg = tiny(visual_tokens=visual_tokens, vocab_size=50, block_size=64)
+    m = make_model(cfg, seed=2, spread=0.5)
+    images, idx = batch(cfg, B=B, T=T0, seed=B + T0)
+    cached = m.generate(images, idx, 30, temperature=0, use_cache=True)
+    uncached = m.generate(images, idx, 30, temperature=0, use_cache=False)
+    assert cached.shape == uncached.shape == (B, 30)
+    assert torch.equal(cached, uncached)
+    assert all(len(set(row)) > 1 for row in cached.tolist())  # no row is one token repeated: a real check
+
+
+def test_kv_cache_hidden_states_match_full_decode(tiny):
+    """Feeding tokens one at a time through the KV cache gives the hidden states of one full pass."""
+    cfg = tiny(visual_tokens='all')
+    m = make_model(cfg, spread=0.3)
+    images, idx = batch(cfg, B=2, T=8)
+    with torch.no_grad():
+        prefix = m.visual_prefix(images)
+        full = m.decode(prefix, idx)  # (B, T, C)
+        caches = [{} for _ in m.decoder]
+        steps = [m.decode(prefix, idx[:, :3], caches)]
+        for t in range(3, 8):
+            steps.append(m.decode(None, idx[:, t:t + 1], caches, start=prefix.size(1) + t))
+    assert torch.allclose(full, torch.cat(steps, dim=1), atol=1e-5)
+
+
+def test_greedy_equals_top_k_one(tiny):
+    cfg = tiny(vocab_size=50)
+    m = make_model(cfg, spread=0.3)
+    images, idx = batch(cfg, B=3, T=2)
+    greedy = m.generate(images, idx, 20, temperature=0)
+    torch.manual_seed(123)
+    top1 = m.generate(images, idx, 20, temperature=1.0, top_k=1)
+    assert torch.equal(greedy, top1)
+
+
+@pytest.mark.parametrize('use_cache', [True, False])
+def test_generation_capped_by_block_size(tiny, use_cache):
+    cfg = tiny(vocab_size=50, block_size=16)
+    m = make_model(cfg, spread=0.3)
+    images, idx = batch(cfg, B=2, T=4)
+    out = m.generate(images, idx, 100, temperature=0, use_cache=use_cache)
+    assert out.shape == (2, 16 - 4)
+
+
+@pytest.mark.parametrize('use_cache', [True, False])
+@pytest.mark.parametrize('which', ['one row', 'every row'])
+def test_generation_stops_at_eot(tiny, use_cache, which):
+    """A row that writes eot is filled with eot from then on; generation ends once every row has written it."""
+    cfg = tiny(vocab_size=50, block_size=64)
+    m = make_model(cfg, spread=0.3)
+    images, idx = batch(cfg, B=3, T=1, seed=4)
+    n = 30
+    free = m.generate(images, idx, n, temperature=0, use_cache=use_cache).tolist()
+    if which == 'one row':
+        eot = free[0][2]  # a token the first row writes at step 2 (and, for this seed, the other rows never do)
+    else:  # the token that every row writes soonest
+        common = set(free[0]).intersection(*free[1:])
+        eot = min(common, key=lambda t: max(row.index(t) for row in free))
+    first = [row.index(eot) if eot in row else None for row in free]
+    out = m.generate(images, idx, n, temperature=0, eot=eot, use_cache=use_cache).tolist()
+    length = max(first) + 1 if None not in first else n
+    if which == 'every row':
+        assert length < n
+    else:
+        assert None in first
+    assert len(out[0]) == length  # generation ends as soon as every row has written eot, not before
+    filled = 0
+    for row_free, row_out, f in zip(free, out, first):
+        if f is None:
+            assert row_out == row_free[:length]
+        else:
+            assert row_out[:f + 1] == row_free[:f + 1]  # identical up to and including its eot
+            assert row_out[f:] == [eot] * (length - f)  # then eot to the end
+            filled += sum(tok != eot for tok in row_free[f + 1:length])  # positions that eot really replaced
+    assert filled > 0, 'no row was filled with eot after stopping: choose another seed'
+
+
+def test_loss_falls_on_a_fixed_batch(tiny):
+    for visual_tokens in ('cls', 'all'):
+        cfg = tiny(visual_tokens=visual_tokens)
+        torch.manual_seed(0)
+        m = NanoVLM(cfg).train()
+        optimizer = m.configure_optimizer(0.0, 1e-2, (0.9, 0.99), 'cpu')
+        images, toks = batch(cfg, B=4, T=25)
+        x, y = toks[:, :-1], toks[:, 1:].contiguous()
+        losses = []
+        for _ in range(30):
+            _, loss = m(images, x, y)
+            losses.append(loss.item())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        _, loss = m(images, x, y)
+        assert loss.item() < 0.5 * losses[0], (visual_tokens, losses[0], loss.item())
+
+
+def test_optimizer_groups(tiny):
+    """Every parameter is optimised exactly once; matrices decay, biases, norms, CLS and positions do not."""
+    m = make_model(tiny())
+    opt = m.configure_optimizer(0.1, 1e-3, (0.9, 0.99), 'cpu')
+    decay, no_decay = opt.param_groups
+    assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
+    ids = [id(p) for g in opt.param_groups for p in g['params']]
+    assert sorted(ids) == sorted(id(p) for p in m.parameters())
+    assert all(p.dim() >= 2 for p in decay['params'])
+    assert any(p is m.encoder.pos for p in no_decay['params']) and any(p is m.encoder.cls for p in no_decay['params'])
+    assert all(p.dim() < 2 for p in no_decay['params'] if p is not m.encoder.pos and p is not m.encoder.cls)
+
+
+def test_bad_visual_tokens_is_user_error(tiny):
+    with pytest.raises(model.UserError, match='visual_tokens'):
+        NanoVLM(tiny(visual_tokens='some'))
+
+
+@pytest.mark.parametrize('size, millions', [('mini', 5), ('base', 16), ('large', 25)])
+def test_paper_preset_parameter_totals(size, millions):
+    counts = NanoVLM(VLMConfig(**{**model.SIZES[size], 'vocab_size': 8192})).param_counts()
+    assert abs(counts['total'] - millions * 1e6) <= 0.12 * millions * 1e6, counts
+    assert counts['encoder'] + counts['connector'] + counts['decoder'] == counts['total']
+    assert counts['encoder'] > counts['decoder'] > counts['connector'] > 0  # the encoder dominates, as in the paper
+
+
+def test_param_counts_count_tied_embedding_once(tiny):
+    m = make_model(tiny())
+    assert m.lm_head.weight is m.wte.weight
+    unique = {id(p): p.numel() for p in m.parameters()}
+    assert m.param_counts()['total'] == sum(unique.values())
+    assert m.param_counts()['encoder'] == sum(p.numel() for p in m.encoder.parameters())
+
+
+def test_model_cli_prints_parameter_table(run_script):
+    p = run_script('model.py', '--size=mini', '--vocab_size=8192')
+    assert p.returncode == 0, p.stderr
+    counts = NanoVLM(VLMConfig(**{**model.SIZES['mini'], 'vocab_size': 8192})).param_counts()
+    rows = {}
+    for line in p.stdout.splitlines():
+        m = re.match(r'^(encoder|connector|decoder|total)\s+([\d,]+)\s+([\d.]+)%$', line.strip())
+        if m:
+            rows[m.group(1)] = int(m.group(2).replace(',', ''))
+    assert rows == counts, p.stdout

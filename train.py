@@ -1,0 +1,248 @@
+"""
+Train a NanoVLM to describe pictures.
+
+    python train.py --size=tiny                                  # CPU, minutes: the picture-book world
+    python train.py --size=mini --data_dir=data/coco --device=cuda
+    python train.py --size=tiny --init_from=resume               # carry on from out_dir/ckpt.pt
+
+Every value below is a default; `--key=value` overrides it (its type is checked) and `--size=NAME` first applies a
+preset: the model fields of model.SIZES[NAME] and the run settings of RUNS[NAME]. Each step trains on one batch of
+images with their short or their long descriptions, styles taking turns; the decoder learns which one to write from
+the style token that starts the text (see data.py). Every eval_interval steps the run measures validation loss,
+prints a few descriptions of validation images so you can watch the model learn, and saves out_dir/ckpt.pt.
+"""
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+import data
+from model import SIZES, NanoVLM, UserError, VLMConfig, check_config, config_from, parse_flags, pick_device, run_cli
+from sample import describe, load_checkpoint
+
+DEFAULTS = dict(
+    # run
+    size='tiny',                 # model preset (model.SIZES) and run settings (RUNS below)
+    out_dir='out-tiny',          # where ckpt.pt goes
+    data_dir='data/picturebook', # a dataset folder (data.py); picture-book is drawn here if it is missing
+    init_from='scratch',         # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    styles='short,long',         # which descriptions to train on, taking turns step by step
+    eval_interval=250,           # steps between validation, samples and a checkpoint
+    eval_iters=10,               # batches per split and style to estimate a loss
+    log_interval=25,             # steps between progress lines
+    n_samples=3,                 # validation images described at each evaluation
+    # optimisation (the paper: learning rate 1e-3; it states no other setting)
+    batch_size=32,               # images per micro-step
+    grad_accum=1,                # micro-steps per optimiser step
+    max_iters=1400,              # optimiser steps
+    learning_rate=2e-3,          # peak learning rate
+    min_lr=1e-4,                 # learning rate at the end of the cosine
+    warmup_iters=100,            # linear warm-up steps
+    weight_decay=0.1,            # AdamW decay of matrices and embeddings
+    beta1=0.9,                   # AdamW beta1
+    beta2=0.99,                  # AdamW beta2
+    grad_clip=1.0,               # clip the gradient norm to this (0: off)
+    # system
+    device='auto',               # 'auto' picks cuda, then mps, then cpu
+    dtype='auto',                # 'auto': bfloat16 autocast on CUDA where supported, else float32
+    compile=False,               # torch.compile the model (worth it on a GPU for long runs)
+    seed=1337,                   # seeds batches, initialisation and sampling
+    # model: every VLMConfig field is a flag as well (--n_layer=6 ...); see model.py
+    **{k: v for k, v in asdict(VLMConfig(**SIZES['tiny'])).items() if k != 'vocab_size'},
+)
+RUNS = {  # what --size sets besides the model: the paper's sizes are runs for one GPU
+    'tiny': dict(out_dir='out-tiny', batch_size=32, max_iters=1400, learning_rate=2e-3, eval_interval=250),
+    'mini': dict(out_dir='out-mini', batch_size=64, max_iters=20000, learning_rate=1e-3, eval_interval=1000),
+    'base': dict(out_dir='out-base', batch_size=64, max_iters=20000, learning_rate=1e-3, eval_interval=1000),
+    'large': dict(out_dir='out-large', batch_size=64, max_iters=20000, learning_rate=1e-3, eval_interval=1000),
+}
+PRESETS = {name: {**SIZES[name], **RUNS[name]} for name in SIZES}
+
+
+# -----------------------------------------------------------------------------
+# Data: prepared arrays (data.prepare), sliced into batches without decoding a single image
+
+class Split:
+    """One split's images (N, S, S, 3) uint8 and texts (N, 2, T), memory-mapped."""
+
+    def __init__(self, data_dir, split, img_size):
+        images_path, tokens_path = data.prepared_paths(data_dir, split, img_size)
+        self.images = np.load(images_path, mmap_mode='r')
+        self.tokens = np.load(tokens_path)
+        self.has_style = [np.flatnonzero(self.tokens[:, s, 0] != data.PAD) for s in range(2)]  # records with that text
+
+    def batch(self, style, batch_size, rng, device):
+        """Random images and their texts in one style: images (B, S, S, 3) uint8, x and y (B, L) with y = x shifted
+        by one and -1 where there is no next token; L is the longest text in the batch, not the longest overall."""
+        s = data.STYLES.index(style)
+        ix = np.sort(rng.choice(self.has_style[s], size=batch_size))  # sorted: the memmap reads forward
+        toks = self.tokens[ix, s].astype(np.int64)  # (B, T)
+        L = int((toks != data.PAD).sum(1).max())
+        x, y = toks[:, :L - 1], toks[:, 1:L].copy()
+        y[y == data.PAD] = -1
+        images = torch.from_numpy(self.images[ix])
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        if device.type == 'cuda':  # pinned memory lets the copy overlap with compute
+            return images.pin_memory().to(device, non_blocking=True), x.pin_memory().to(device, non_blocking=True), \
+                y.pin_memory().to(device, non_blocking=True)
+        return images.to(device), x.to(device), y.to(device)
+
+
+def ensure_dataset(c):
+    """Draw the picture-book world if it is the dataset asked for and is missing, then prepare the arrays."""
+    if not os.path.exists(os.path.join(c.data_dir, 'train.jsonl')):
+        if os.path.normpath(c.data_dir) != os.path.normpath(DEFAULTS['data_dir']):
+            raise UserError(f'no dataset in {c.data_dir} (train.jsonl missing); build one with data.py')
+        print(f'drawing the picture-book dataset into {c.data_dir} (once)')
+        data.make_picturebook(c.data_dir, img_size=c.img_size)
+    return data.prepare(c.data_dir, c.img_size)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: everything needed to sample (config, weights, tokenizer) and to resume (optimiser, step)
+
+def save_checkpoint(path, model, optimizer, tokenizer, step, best_val_loss, c):
+    state = {'model_args': asdict(model.config), 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+             'tokenizer': tokenizer.state(), 'step': step, 'best_val_loss': best_val_loss, 'config': vars(c)}
+    torch.save(state, path + '.tmp')
+    os.replace(path + '.tmp', path)  # a crash while saving never destroys the last good checkpoint
+
+
+# -----------------------------------------------------------------------------
+# The schedule, evaluation and a glimpse of what the model writes
+
+def learning_rate(step, c):
+    """Linear warm-up, then cosine decay to min_lr at max_iters."""
+    if step < c.warmup_iters:
+        return c.learning_rate * (step + 1) / c.warmup_iters
+    progress = min(1.0, (step - c.warmup_iters) / max(1, c.max_iters - c.warmup_iters))
+    return c.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (c.learning_rate - c.min_lr)
+
+
+@torch.no_grad()
+def estimate_loss(model, splits, styles, c, device, ctx):
+    """Mean loss over eval_iters batches for each split and style (fixed batches, so runs compare)."""
+    model.eval()
+    out = {}
+    for name, split in splits.items():
+        for style in styles:
+            rng = np.random.default_rng(0)
+            losses = []
+            for _ in range(c.eval_iters):
+                with ctx:
+                    losses.append(model(*split.batch(style, c.batch_size, rng, device))[1].item())
+            out[f'{name}/{style}'] = float(np.mean(losses))
+    model.train()
+    return out
+
+
+def show_samples(model, tokenizer, split, n, ctx):
+    """Greedy short descriptions of the first n validation images, beside the truth."""
+    model.eval()
+    with ctx:
+        texts = describe(model, tokenizer, split.images[:n], temperature=0)
+    for i, text in enumerate(texts):
+        print(f'  truth: {tokenizer.decode(split.tokens[i, 0, 1:].tolist())}\n  model: {text}')
+    model.train()
+
+
+# -----------------------------------------------------------------------------
+
+def train(c):
+    styles = [s for s in c.styles.split(',') if s]
+    if not styles or any(s not in data.STYLES for s in styles):
+        raise UserError(f'--styles={c.styles}: give short, long or short,long')
+    if c.init_from not in ('scratch', 'resume'):
+        raise UserError(f"--init_from={c.init_from}: use 'scratch' or 'resume'")
+    for key in ('batch_size', 'grad_accum', 'max_iters', 'eval_interval', 'eval_iters', 'log_interval'):
+        if getattr(c, key) < 1:
+            raise UserError(f'--{key} must be at least 1')
+    check_config(config_from({**vars(c), 'vocab_size': 1}))  # before any time is spent on data
+    device = pick_device(c.device)
+    dtype = ('bfloat16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32') if c.dtype == 'auto' else c.dtype
+    if dtype not in ('float32', 'bfloat16'):
+        raise UserError(f'--dtype={c.dtype}: use auto, float32 or bfloat16')
+    ctx = nullcontext() if dtype == 'float32' else torch.autocast(device.type, dtype=torch.bfloat16)
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(c.seed)
+    rng = np.random.default_rng(c.seed)
+    os.makedirs(c.out_dir, exist_ok=True)
+    ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
+
+    ckpt = load_checkpoint(ckpt_path) if c.init_from == 'resume' else None
+    if ckpt is not None:  # the checkpoint's model and data win over flags: they are what the weights were made with
+        for key, value in ckpt['model_args'].items():
+            setattr(c, key, value)
+        c.data_dir = ckpt['config']['data_dir']
+    tokenizer = ensure_dataset(c)
+    splits = {name: Split(c.data_dir, name, c.img_size) for name in ('train', 'val')}
+    longest = max(s.tokens.shape[2] for s in splits.values())
+    if ckpt is None:
+        c.block_size = max(c.block_size, longest)
+    config = config_from({**vars(c), 'vocab_size': len(tokenizer)})
+    model = NanoVLM(config).to(device)
+    optimizer = model.configure_optimizer(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device.type)
+    step, best_val_loss = 0, float('inf')
+    if ckpt is not None:
+        if ckpt['tokenizer'] != tokenizer.state():
+            raise UserError(f'{c.data_dir} has a different vocabulary from the checkpoint; resume on the same data')
+        model.load_state_dict(ckpt['model'])
+        optimizer.load_state_dict(ckpt['optimizer'])
+        step, best_val_loss = ckpt['step'], ckpt['best_val_loss']
+        rng = np.random.default_rng([c.seed, step])  # fresh batches, not a replay of the first ones
+        print(f'resuming from {ckpt_path} at step {step}')
+        del ckpt
+    counts = model.param_counts()
+    print(f"NanoVLM: {counts['total'] / 1e6:.2f}M parameters (encoder {counts['encoder'] / 1e6:.2f}M, connector "
+          f"{counts['connector'] / 1e6:.2f}M, decoder {counts['decoder'] / 1e6:.2f}M), vocabulary {len(tokenizer)}, "
+          f"{model.n_prefix} visual tokens, on {device} in {dtype}")
+    run_model = torch.compile(model) if c.compile else model
+
+    t0 = time.time()
+    t_start, step_start = t0, step
+    while True:
+        last = step >= c.max_iters
+        if step % c.eval_interval == 0 or last:
+            losses = estimate_loss(run_model, splits, styles, c, device, ctx)
+            print(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in losses.items()))
+            if c.n_samples:
+                show_samples(model, tokenizer, splits['val'], c.n_samples, ctx)
+            val = float(np.mean([v for k, v in losses.items() if k.startswith('val')]))
+            best_val_loss = min(best_val_loss, val)
+            if step > step_start or last:
+                save_checkpoint(ckpt_path, model, optimizer, tokenizer, step, best_val_loss, c)
+        if last:
+            break
+        lr = learning_rate(step, c)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        for micro in range(c.grad_accum):
+            style = styles[(step * c.grad_accum + micro) % len(styles)]
+            images, x, y = splits['train'].batch(style, c.batch_size, rng, device)
+            with ctx:
+                _, loss = run_model(images, x, y)
+            (loss / c.grad_accum).backward()
+        if c.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % c.log_interval == 0:
+            t1 = time.time()
+            ms = (t1 - t0) * 1000 / c.log_interval
+            eta = (t1 - t_start) / (step - step_start) * (c.max_iters - step)
+            print(f'step {step}/{c.max_iters} | loss {loss.item():.3f} ({style}) | lr {lr:.2e} | {ms:.0f} ms/step | '
+                  f'eta {int(eta // 60)}m{int(eta % 60):02d}s')
+            t0 = t1
+    print(f'done: {step} steps in {time.time() - t_start:.0f}s, checkpoint {ckpt_path}')
+    return model
+
+
+if __name__ == '__main__':
+    run_cli(lambda argv: train(SimpleNamespace(**parse_flags(DEFAULTS, argv, PRESETS))))

@@ -307,36 +307,20 @@ def _object_sentence(g, scene, rng):
     """One true sentence that names group g with its colour, and often its place."""
     verb = VERBS[g[0]['kind']][len(g) > 1]
     be = 'are' if len(g) > 1 else 'is'
-    np_ = _np(g, rng)
-    pattern = rng.randrange(6)
-    if pattern == 0:
-        return f'There {be} {np_} {_where(g, rng)}.'
-    if pattern == 1:
-        return f'{_cap(np_)} {verb} {_where(g, rng)}.'
-    if pattern == 2:
-        return f'{_cap(_where(g, rng))}, there {be} {np_}.'
-    if pattern == 3:
-        return f'I can see {np_} {_where(g, rng)}.'
-    if pattern == 4 and g[0]['kind'] in GROUND_KINDS:
-        return f'{_cap(np_)} {verb} {rng.choice(ON_GROUND[scene["ground"]])}.'
-    return f'{_cap(np_)} {verb} in the picture.' if g[0]['kind'] in GROUND_KINDS else f'{_cap(np_)} {verb} in the sky.'
+    np_, where = _np(g, rng), _where(g, rng)
+    on = rng.choice(ON_GROUND[scene['ground']]) if g[0]['kind'] in GROUND_KINDS else 'in the sky'
+    return rng.choice([f'There {be} {np_} {where}.', f'{_cap(np_)} {verb} {where}.', f'{_cap(where)}, there {be} {np_}.',
+                       f'I can see {np_} {where}.', f'{_cap(np_)} {verb} {on}.'])
 
 
 def _list_sentence(groups, scene, rng):
     """One sentence that names every group, left to right."""
     phrases = [_np(g, rng) for g in groups]
     names = phrases[0] if len(phrases) == 1 else ', '.join(phrases[:-1]) + ' and ' + phrases[-1]
-    n = sum(len(g) for g in groups)
-    be = 'are' if n > 1 else 'is'
+    be = 'are' if sum(len(g) for g in groups) > 1 else 'is'
     where = rng.choice(ON_GROUND[scene['ground']]) if all(g[0]['kind'] in GROUND_KINDS for g in groups) else 'in the picture'
-    pattern = rng.randrange(4)
-    if pattern == 0:
-        return f'There {be} {names} {where}.'
-    if pattern == 1:
-        return f'I can see {names}.'
-    if pattern == 2:
-        return f'{_cap(names)} {be} {where}.'
-    return f'This picture shows {names}.'
+    return rng.choice([f'There {be} {names} {where}.', f'I can see {names}.', f'{_cap(names)} {be} {where}.',
+                       f'This picture shows {names}.'])
 
 
 def _story_sentences(groups, rng):

@@ -168,6 +168,24 @@ class VisionEncoder(nn.Module):
         return self.ln_f(x)
 
 
+class Connector(nn.Module):
+    """Linear + GELU from the encoder's width to the decoder's (the paper), then a BatchNorm without parameters.
+    Why the BatchNorm: trained from scratch, the decoder learns language long before the encoder learns to see,
+    and meanwhile it grows the visual tokens into a large constant (a handy fixed prefix). Every LayerNorm in the
+    decoder then divides the small image-dependent part by that constant, and the model never learns to look
+    (measured: tiny models that described every picture alike). Standardising each feature over the batch removes
+    the constant, so what reaches the decoder is exactly how this image differs from others."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.fc = nn.Linear(cfg.enc_embd, cfg.n_embd)
+        self.norm = nn.BatchNorm1d(cfg.n_embd, affine=False)
+
+    def forward(self, x):  # (B, P, Ce)
+        x = F.gelu(self.fc(x))  # (B, P, C)
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)  # statistics over batch and tokens, per feature
+
+
 # -----------------------------------------------------------------------------
 # The whole model: encoder, connector, decoder
 
@@ -179,7 +197,7 @@ class NanoVLM(nn.Module):
         n_patches = (cfg.img_size // cfg.patch_size) ** 2
         self.n_prefix = 1 if cfg.visual_tokens == 'cls' else 1 + n_patches  # visual tokens in front of the text
         self.encoder = VisionEncoder(cfg)
-        self.connector = nn.Sequential(nn.Linear(cfg.enc_embd, cfg.n_embd), nn.GELU())
+        self.connector = Connector(cfg)
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(self.n_prefix + cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
@@ -266,6 +284,20 @@ class NanoVLM(nn.Module):
             else:  # recompute the whole sequence (the visual prefix is reused: only the decoder is the point here)
                 h = self.decode(prefix, idx)
         return torch.stack(new, dim=1) if new else idx[:, :0]
+
+    @torch.no_grad()
+    def calibrate(self, image_batches):
+        """Set the connector's BatchNorm statistics to their exact mean over image_batches (training images).
+        The running averages kept during training lag behind an encoder that is still learning fast, and a model
+        evaluated with stale statistics writes nonsense; so train.py calls this before every evaluation and save."""
+        norm, training = self.connector.norm, self.training
+        self.eval()
+        norm.reset_running_stats()
+        norm.momentum, norm.training = None, True  # momentum None: a plain cumulative mean
+        for images in image_batches:
+            self.visual_prefix(images)
+        norm.momentum = 0.1
+        self.train(training)
 
     def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; matrices and embeddings decay, biases, norms, CLS and positions do not. Fused on CUDA."""

@@ -19,7 +19,6 @@ import json
 import os
 import random
 import re
-import sys
 
 import numpy as np
 from PIL import Image, ImageDraw

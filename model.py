@@ -290,13 +290,13 @@ class NanoVLM(nn.Module):
         """Set the connector's BatchNorm statistics to their exact mean over image_batches (training images).
         The running averages kept during training lag behind an encoder that is still learning fast, and a model
         evaluated with stale statistics writes nonsense; so train.py calls this before every evaluation and save."""
-        norm, training = self.connector.norm, self.training
+        norm, training, momentum = self.connector.norm, self.training, self.connector.norm.momentum
         self.eval()
         norm.reset_running_stats()
         norm.momentum, norm.training = None, True  # momentum None: a plain cumulative mean
         for images in image_batches:
             self.visual_prefix(images)
-        norm.momentum = 0.1
+        norm.momentum = momentum
         self.train(training)
 
     def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):

@@ -56,7 +56,7 @@ DEFAULTS = dict(
     **{k: v for k, v in asdict(VLMConfig(**SIZES['tiny'])).items() if k != 'vocab_size'},
 )
 RUNS = {  # what --size sets besides the model: the paper's sizes are runs for one GPU
-    'tiny': dict(out_dir='out-tiny', batch_size=32, max_iters=2000, learning_rate=3e-3, eval_interval=500),
+    'tiny': {k: DEFAULTS[k] for k in ('out_dir', 'batch_size', 'max_iters', 'learning_rate', 'eval_interval')},  # the defaults
     'mini': dict(out_dir='out-mini', batch_size=64, max_iters=20000, learning_rate=1e-3, eval_interval=1000),
     'base': dict(out_dir='out-base', batch_size=64, max_iters=20000, learning_rate=1e-3, eval_interval=1000),
     'large': dict(out_dir='out-large', batch_size=64, max_iters=20000, learning_rate=1e-3, eval_interval=1000),

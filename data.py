@@ -1,29 +1,50 @@
 """
 Datasets for nanovlms, and the one format they all share.
 
-Every dataset is a folder of JSONL files, one record per image:
+Every dataset is a folder with train.jsonl, val.jsonl and test.jsonl, one record per image:
     {"id": "...", "image": "images/00001.png", "short": "...", "long": "...", "scene": {...}}
 with `image` a path relative to the folder, `short` a 20-25 word description (the paper's ShortDesc style) and
 `long` a 60-70 word one (LongDesc). `scene` is optional: the picture-book world records the truth of each picture
-so that a description can be checked exactly.
+so that a description can be checked exactly. Test records also carry "prompts": the beginnings of their two
+descriptions (6-7 and 18-20 words) that the paper's completion task gives a model to go on from.
 
 This file holds, in order:
   1. the picture-book world: scenes drawn with Pillow and described in a young child's words, offline and free;
-  2. the tokenizer: GPT-2's BPE (tiktoken r50k_base), compacted to the tokens the training text uses;
-  3. preparation: PNGs and texts turned into numpy arrays once, so a training step never decodes an image.
+  2. datasets from photos: COCO or a folder of pictures described by GPT-4o (or any OpenAI-compatible server),
+     as the paper built its ShortDesc and LongDesc; or a JSONL of texts a user already has;
+  3. the tokenizer: GPT-2's BPE (tiktoken r50k_base), compacted to the tokens the training text uses;
+  4. preparation: images and texts turned into numpy arrays once, so a training step never decodes an image.
 
-    python data.py                        # the default picture-book dataset in data/picturebook
+    python data.py                                         # the picture-book world in data/picturebook
     python data.py --n_train=20000 --img_size=224
+    python data.py --dataset=coco --n=28000                # the paper's datasets (GPT-4o, OPENAI_API_KEY)
+    python data.py --dataset=folder --images=~/photos --base_url=http://localhost:8000/v1 --model=qwen2.5-vl
+    python data.py --dataset=jsonl --path=mine.jsonl       # {"image": "a.jpg", "short": "...", "long": "..."}
 """
+import base64
+import datetime
+import email.utils
+import io
 import json
 import os
 import random
 import re
+import sys
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from types import SimpleNamespace
 
 import numpy as np
+import requests
 from PIL import Image, ImageDraw
 
 from model import UserError, parse_flags, run_cli
+
+STYLES = ['short', 'long']  # the paper's ShortDesc and LongDesc
+LENGTHS = {'short': (20, 25, 2, 3), 'long': (60, 70, 5, 6)}  # words from-to, sentences from-to
+BEGINNINGS = {'short': (6, 7), 'long': (18, 20)}  # words of a test description given to the model to complete
 
 # -----------------------------------------------------------------------------
 # 1. The picture-book world
@@ -394,7 +415,7 @@ def _sentences(text):
 def describe_scene(scene, style, rng):
     """A true description of the scene in the given style: short 20-25 words in 2-3 sentences, long 60-70 in 5-6.
     True sentences are drawn at random and joined with 'and' until the length fits, so wording varies."""
-    lo, hi, smin, smax = (20, 25, 2, 3) if style == 'short' else (60, 70, 5, 6)
+    lo, hi, smin, smax = LENGTHS[style]
     groups = _groups(scene)
     for attempt in range(5000):
         sky = rng.sample(SKY_SENTENCES[scene['sky']], 2)
@@ -443,6 +464,8 @@ def make_picturebook(out_dir, n_train=12000, n_val=500, n_test=500, img_size=64,
             draw_scene(scene, img_size).save(os.path.join(out_dir, image))
             records.append({'id': rid, 'image': image, 'short': describe_scene(scene, 'short', rng),
                             'long': describe_scene(scene, 'long', rng), 'scene': scene})
+        if split == 'test':
+            records = [add_beginnings(r) for r in records]
         write_jsonl(os.path.join(out_dir, f'{split}.jsonl'), records)
     print(f'wrote {n_train}/{n_val}/{n_test} train/val/test picture-book scenes to {out_dir}')
 
@@ -473,6 +496,14 @@ def write_jsonl(path, records):
     os.replace(tmp, path)
 
 
+def add_beginnings(record):
+    """A test record with "prompts": the first 6-7 words of its short and 18-20 words of its long description, for
+    the paper's completion task. How many words is drawn from the record's id, so it is the same on every run."""
+    rng = random.Random(record['id'])
+    return record | {'prompts': {s: ' '.join(record[s].split()[:rng.randint(*BEGINNINGS[s])])
+                                 for s in STYLES if record.get(s)}}
+
+
 def load_image(path, size):
     """An image file as a (size, size, 3) uint8 array; a missing or unreadable file is a UserError."""
     if not os.path.exists(path):
@@ -488,7 +519,535 @@ def load_image(path, size):
 
 
 # -----------------------------------------------------------------------------
-# 2. The tokenizer: GPT-2's BPE with a compact vocabulary
+# 2. Datasets from photos: the paper's ShortDesc and LongDesc, written by a chat model
+#
+# The paper's recipe: about 28k COCO images, each with five human captions; GPT-4o read the captions and wrote a
+# young child's description of the scene, once short and once long. Here the same for COCO (--dataset=coco), for
+# any folder of pictures (--dataset=folder: the model looks at each picture, as there are no captions), and for
+# texts a user already has (--dataset=jsonl: no model at all). Any OpenAI-compatible server can stand in for
+# GPT-4o (--base_url, --model): a local open model costs nothing.
+#
+# A build takes hours and costs money, so it never loses work: each finished image is appended to OUT/build.jsonl
+# and flushed at once, a rerun skips what is there, and the split files are written from that log at the end.
+
+SYSTEM_PROMPT = """\
+You write the text of a picture book for children who are three or four years old.
+Use only simple words that such a child knows, and short, simple sentences.
+Describe one consistent scene: what is in the picture, what the people or animals are doing, and, if you like,
+what they might feel or want. Never say anything the picture does not show.
+Be imaginative and fresh: begin each description in your own way. Never open with filler such as "Oh", "Wow",
+"Look", "In this picture" or "This is". No exclamation marks, no quotation marks, no lists, no names.
+Reply with one JSON object and nothing else: {"short": "...", "long": "..."}, where
+short is 20 to 25 words in 2 or 3 sentences, and long is 60 to 70 words in 5 or 6 sentences."""
+
+CAPTIONS_PROMPT = """\
+Five people each wrote a caption for the same photo:
+{captions}
+Where they disagree, keep what most of them say. Write the short and the long description of the photo."""
+
+IMAGE_PROMPT = "Write the short and the long description of this picture."
+
+DESCRIPTIONS_FORMAT = {  # structured output: the server must reply with exactly this JSON object
+    'type': 'json_schema',
+    'json_schema': {'name': 'descriptions', 'strict': True, 'schema': {
+        'type': 'object', 'additionalProperties': False, 'required': STYLES,
+        'properties': {s: {'type': 'string'} for s in STYLES}}},
+}
+FILLER_OPENING = re.compile(r'(oh|wow|look|hey|yay|in this picture|in the picture)\b', re.IGNORECASE)
+
+
+def parse_json_reply(text):
+    """The first JSON object in a model's reply, whether bare, in a ```json fence or inside prose; ValueError if none."""
+    decoder = json.JSONDecoder()
+    start = text.find('{')
+    while start != -1:
+        try:
+            obj, _ = decoder.raw_decode(text, start)
+            if isinstance(obj, dict):
+                return obj
+        except json.JSONDecodeError:
+            pass
+        start = text.find('{', start + 1)
+    raise ValueError('there is no JSON object in it')
+
+
+def check_descriptions(reply):
+    """The descriptions in a reply as {'short', 'long'}, or None and what is wrong, in words the model is told on a
+    retry: each must have the style's number of words and sentences, be one plain paragraph and open freshly."""
+    try:
+        obj = parse_json_reply(reply)
+    except ValueError as e:
+        return None, f'the reply is not the JSON object asked for: {e}'
+    texts = {}
+    for style in STYLES:
+        text = obj.get(style)
+        if not isinstance(text, str) or not text.strip():
+            return None, f'the JSON object has no "{style}" description'
+        lo, hi, smin, smax = LENGTHS[style]
+        flat = ' '.join(text.split())
+        words, sentences = _words(flat), _sentences(flat)
+        if not lo <= words <= hi:
+            return None, f'the {style} description has {words} words; it must have {lo} to {hi}'
+        if not smin <= sentences <= smax:
+            return None, f'the {style} description has {sentences} sentences; it must have {smin} to {smax}'
+        if '\n' in text.strip() or re.match(r'\s*([-*•]|\d+[.)])\s', text):
+            return None, f'the {style} description is a list; it must be one plain paragraph'
+        if re.search(r'["“”«»]', flat) or '!' in flat:
+            return None, f'the {style} description has quotation or exclamation marks; it must have none'
+        if FILLER_OPENING.match(flat):
+            return None, f'the {style} description opens with filler ("{FILLER_OPENING.match(flat).group()}"); begin it another way'
+        texts[style] = flat
+    return texts, None
+
+
+def image_content(path, max_side=512):
+    """A picture as a Chat Completions message part: a JPEG at most max_side pixels wide, sent inline at low detail
+    (a fixed 85 input tokens on GPT-4o). A missing or unreadable picture is a UserError."""
+    if not os.path.exists(path):
+        raise UserError(f'image {path} does not exist')
+    try:
+        with Image.open(path) as im:
+            im = im.convert('RGB')
+            im.thumbnail((max_side, max_side))
+            buf = io.BytesIO()
+            im.save(buf, format='JPEG', quality=85)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f'cannot read image {path}: {e}')
+    url = 'data:image/jpeg;base64,' + base64.b64encode(buf.getvalue()).decode()
+    return {'type': 'image_url', 'image_url': {'url': url, 'detail': 'low'}}
+
+
+# The endpoint. Faults split three ways: a request the server turned down is that image's problem (RequestFailed:
+# the image is recorded as skipped); a fault no retry can fix (a refused key, no quota, an unknown model, a server
+# that stays down) stops the whole run at once (UserError), before it burns through the dataset; everything else
+# (429, 5xx, timeouts, dropped connections) is retried with exponential backoff that honours Retry-After.
+
+BACKOFF = 1.0  # seconds before the first retry; doubled each time, at most a minute
+PRICES = {  # USD per million input and output tokens, OpenAI's list prices in 2025; check yours, or set --price_in/out
+    'gpt-4o': (2.50, 10.00), 'gpt-4o-mini': (0.15, 0.60), 'gpt-4.1': (2.00, 8.00), 'gpt-4.1-mini': (0.40, 1.60),
+    'gpt-4.1-nano': (0.10, 0.40),
+}
+
+
+class RequestFailed(Exception):
+    """The server turned this one request down (a 4xx other than a key, quota or model fault)."""
+
+
+class Stopped(Exception):
+    """The run is stopping (Ctrl-C or a fatal fault elsewhere): this request gives up and records nothing."""
+
+
+class ChatEndpoint:
+    """An OpenAI-compatible Chat Completions endpoint, called from many threads at once. grade.py uses it too."""
+
+    def __init__(self, base_url, model, timeout=60.0, max_retries=6):
+        self.url = base_url.rstrip('/') + '/chat/completions'
+        self.model, self.timeout, self.max_retries = model, timeout, max_retries
+        self.key = os.environ.get('OPENAI_API_KEY', '')
+        if not self.key and 'api.openai.com' in base_url:
+            raise UserError('set OPENAI_API_KEY to your OpenAI API key, or point --base_url at a local server')
+        self.stop = threading.Event()  # set to make every waiting request give up: Ctrl-C, or a fatal fault
+
+    def redact(self, text):
+        """Text safe to print or store: the API key never appears in logs, errors or files."""
+        return text.replace(self.key, '[OPENAI_API_KEY]') if self.key else text
+
+    def complete(self, messages, response_format=None, max_tokens=600, temperature=None):
+        """The reply's text and its token usage {'prompt_tokens', 'completion_tokens'}."""
+        body = {'model': self.model, 'messages': messages, 'max_tokens': max_tokens}
+        if response_format:
+            body['response_format'] = response_format
+        if temperature is not None:
+            body['temperature'] = temperature
+        headers = {'Authorization': f'Bearer {self.key}'} if self.key else {}
+        for attempt in range(self.max_retries + 1):
+            if self.stop.is_set():
+                raise Stopped
+            wait = min(60.0, BACKOFF * 2 ** attempt)
+            try:
+                r = requests.post(self.url, json=body, headers=headers, timeout=(10, self.timeout))
+            except requests.Timeout:
+                problem = f'no reply within {self.timeout:g}s'
+            except requests.ConnectionError as e:
+                problem = f'cannot reach {self.url} ({type(e).__name__})'
+            else:
+                if r.status_code == 200:
+                    try:
+                        reply = r.json()
+                        text = reply['choices'][0]['message']['content']
+                        usage = {k: int((reply.get('usage') or {}).get(k) or 0) for k in ('prompt_tokens', 'completion_tokens')}
+                        if isinstance(text, str):
+                            return text, usage
+                    except (ValueError, KeyError, IndexError, TypeError):
+                        pass
+                    problem = 'the server sent a reply that is not a Chat Completions response'
+                else:
+                    problem = self._fault(r)
+                    wait = _retry_after(r) or wait
+            if attempt < self.max_retries:
+                self.stop.wait(wait)
+        raise UserError(f'{problem}, {self.max_retries + 1} times in a row; finished work is saved: '
+                        'run the same command again to go on')
+
+    def _fault(self, r):
+        """What an HTTP error means, said in one line; raises for the faults a retry cannot fix."""
+        try:
+            error = r.json().get('error') or {}
+            message, code = str(error.get('message', '')), str(error.get('code') or error.get('type') or '')
+        except (ValueError, AttributeError):
+            message, code = r.text[:200], ''
+        said = self.redact(f'HTTP {r.status_code}' + (f': {message}' if message else ''))
+        if r.status_code in (401, 403):
+            raise UserError(f'the server refused the API key ({said}); set OPENAI_API_KEY to a valid key')
+        if r.status_code == 429 and 'quota' in code + message:
+            raise UserError(f'the account has no quota left ({said}); add credit or use another key')
+        if r.status_code == 404:
+            raise UserError(f'{self.url} or model {self.model!r} does not exist ({said}); check --base_url and --model')
+        if r.status_code != 429 and r.status_code < 500:
+            raise RequestFailed(said)
+        return said
+
+
+def _retry_after(r):
+    """Seconds the server asked us to wait (Retry-After as seconds or an HTTP date), at most 5 minutes; None if unsaid."""
+    value = r.headers.get('Retry-After')
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (email.utils.parsedate_to_datetime(value) - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return min(300.0, max(0.0, seconds))
+
+
+# One image, described: the request, the rules checked, a reply that breaks them sent back with what is wrong.
+
+def user_message(item, out_dir, c):
+    """The request about one item: its captions, its picture when there are none (or with --with_image), or both."""
+    captions = item.get('captions')
+    parts = [{'type': 'text', 'text': CAPTIONS_PROMPT.format(captions='\n'.join(f'- {s}' for s in captions))
+              if captions else IMAGE_PROMPT}]
+    if c.with_image or not captions:
+        parts.append(image_content(os.path.join(out_dir, item['image'])))
+    return {'role': 'user', 'content': parts}
+
+
+def describe_image(chat, item, out_dir, c, first=False):
+    """The build record of one image: its two descriptions, or why it was skipped; with the tokens it took.
+    A request the server turns down skips the image, unless it is the first request: then the run stops."""
+    record, usage = dict(item), {'prompt_tokens': 0, 'completion_tokens': 0}
+    try:
+        messages = [{'role': 'system', 'content': SYSTEM_PROMPT}, user_message(item, out_dir, c)]
+    except UserError as e:  # the picture cannot be read: this image is skipped, and no request is sent
+        return record | {'skipped': str(e), 'usage': usage}
+    try:
+        for attempt in range(c.max_attempts):
+            reply, used = chat.complete(messages, DESCRIPTIONS_FORMAT)
+            usage = {k: usage[k] + used[k] for k in usage}
+            texts, problem = check_descriptions(reply)
+            if texts:
+                return record | texts | {'usage': usage}
+            messages += [{'role': 'assistant', 'content': reply},
+                         {'role': 'user', 'content': f'Not quite: {problem}. Write both again, keeping every rule.'}]
+        reason = f'{c.max_attempts} replies broke the rules, the last because {problem}'
+    except RequestFailed as e:
+        if first:
+            raise UserError(f'the server turned down the first request ({e}); check --base_url and --model, and that '
+                            'the server supports JSON-schema replies (response_format)')
+        reason = f'the server turned the request down: {e}'
+    return record | {'skipped': reason, 'usage': usage}
+
+
+def estimate(items, c):
+    """Requests, tokens and dollars a build will take, before any is spent: about 4 characters a token, 85 tokens a
+    low-detail picture, 170 tokens written per reply, and one reply in ten retried."""
+    tokens_in = tokens_out = 0
+    for it in items:
+        text = CAPTIONS_PROMPT.format(captions='\n'.join(it['captions'])) if it.get('captions') else IMAGE_PROMPT
+        tokens_in += (len(SYSTEM_PROMPT) + len(text)) / 4 + (85 if c.with_image or not it.get('captions') else 0)
+        tokens_out += 170
+    tokens_in, tokens_out = tokens_in * 1.1, tokens_out * 1.1
+    p = price(c)
+    dollars = f'about ${(tokens_in * p[0] + tokens_out * p[1]) / 1e6:,.2f} at ${p[0]:g} in and ${p[1]:g} out per ' \
+              'million tokens' if p else f'cost unknown: no price for {c.model} (set --price_in and --price_out)'
+    return f'{len(items):,} requests to {c.model} at {c.base_url}: about {tokens_in / 1e6:.2f}M input and ' \
+           f'{tokens_out / 1e6:.2f}M output tokens, {dollars}'
+
+
+def price(c):
+    """USD per million (input, output) tokens for c.model, or None if unknown."""
+    return (c.price_in, c.price_out) if c.price_in >= 0 and c.price_out >= 0 else PRICES.get(c.model)
+
+
+def spent(usage, c):
+    """' ($1.23)' for the tokens used so far, or '' where the price is unknown."""
+    p = price(c)
+    return f' (${(usage["prompt_tokens"] * p[0] + usage["completion_tokens"] * p[1]) / 1e6:,.2f})' if p else ''
+
+
+# The build loop: what is done is read from the log, the rest is described by a bounded pool of threads, each
+# record appended whole and flushed the moment it is ready.
+
+def read_log(path):
+    """The records of a build log. A line cut short by a killed run is removed, so the next append starts clean."""
+    if not os.path.exists(path):
+        return []
+    with open(path, 'rb') as f:
+        raw = f.read()
+    if raw and not raw.endswith(b'\n'):
+        with open(path, 'r+b') as f:
+            f.truncate(raw.rfind(b'\n') + 1)
+        raw = raw[:raw.rfind(b'\n') + 1]
+    return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+
+
+def describe_all(items, out_dir, c):
+    """Describe every item not yet in OUT/build.jsonl. Returns False if the user declined to spend."""
+    log_path = os.path.join(out_dir, 'build.jsonl')
+    done = {r['id'] for r in read_log(log_path)}
+    todo = [it for it in items if it['id'] not in done]
+    if not todo:
+        return True
+    print(('' if not done else f'{len(done):,} images are already done; ') + estimate(todo, c))
+    if not c.yes:
+        if not sys.stdin.isatty():
+            raise UserError('add --yes to start without being asked')
+        if input('go on? [y/N] ').strip().lower() not in ('y', 'yes'):
+            print('nothing was sent')
+            return False
+    chat = ChatEndpoint(c.base_url, c.model, c.timeout, c.max_retries)
+    lock = threading.Lock()
+    totals = {'prompt_tokens': 0, 'completion_tokens': 0, 'done': 0, 'skipped': 0}
+
+    def work(item, first=False):
+        if chat.stop.is_set():
+            return
+        try:
+            record = describe_image(chat, item, out_dir, c, first)
+        except Stopped:
+            return
+        except UserError:
+            chat.stop.set()  # no other worker starts a request after a fatal fault
+            raise
+        with lock:  # one whole line at a time, on disk before the next
+            log.write(json.dumps(record) + '\n')
+            log.flush()
+            os.fsync(log.fileno())
+            totals['skipped' if 'skipped' in record else 'done'] += 1
+            for k in ('prompt_tokens', 'completion_tokens'):
+                totals[k] += record['usage'][k]
+
+    with open(log_path, 'a') as log:
+        work(todo[0], first=True)  # alone: a bad key, model or URL costs one request, not one per worker
+        pool, progress = ThreadPoolExecutor(c.workers), Progress()
+        try:
+            for future in as_completed([pool.submit(work, it) for it in todo[1:]]):
+                future.result()
+                progress(f"described {totals['done']:,}, skipped {totals['skipped']:,} of {len(todo):,} | "
+                         f"{totals['prompt_tokens'] + totals['completion_tokens']:,} tokens{spent(totals, c)}")
+        finally:
+            chat.stop.set()  # waiting requests give up; those in flight finish and are written
+            pool.shutdown(cancel_futures=True)
+    progress(f"described {totals['done']:,} images, skipped {totals['skipped']:,}; {totals['prompt_tokens']:,} input and "
+             f"{totals['completion_tokens']:,} output tokens{spent(totals, c)}", last=True)
+    return True
+
+
+class Progress:
+    """One status line rewritten in place, at most once a second, so a log file gets a line a second, not one per image."""
+
+    def __init__(self):
+        self.shown = 0.0
+
+    def __call__(self, text, last=False):
+        if last or time.time() - self.shown >= 1:
+            print('\r' + text, end='\n' if last else '', flush=True)
+            self.shown = time.time()
+
+
+def assign_splits(items, n_test):
+    """Items in a seeded random order become n_test test items, then 10% validation, the rest training (the paper's
+    90/10). In place: each item gets a 'split'."""
+    n_val = max(1, round(0.1 * (len(items) - n_test))) if len(items) - n_test >= 2 else 0
+    for i, it in enumerate(items):
+        it['split'] = 'test' if i < n_test else 'val' if i < n_test + n_val else 'train'
+    return items
+
+
+def write_splits(out_dir, items, records):
+    """train/val/test.jsonl from the finished records, in the items' order; test records get their beginnings."""
+    by_id = {r['id']: r for r in records if 'skipped' not in r}
+    for split in ('train', 'val', 'test'):
+        rows = [{k: v for k, v in by_id[it['id']].items() if k not in ('split', 'usage')}
+                for it in items if it['split'] == split and it['id'] in by_id]
+        write_jsonl(os.path.join(out_dir, f'{split}.jsonl'), [add_beginnings(r) for r in rows] if split == 'test' else rows)
+    skipped = [r for r in records if 'skipped' in r]
+    counts = {s: sum(it['split'] == s and it['id'] in by_id for it in items) for s in ('train', 'val', 'test')}
+    print(f"wrote {counts['train']:,}/{counts['val']:,}/{counts['test']:,} train/val/test records to {out_dir}"
+          + (f'; {len(skipped):,} images skipped (reasons in build.jsonl), e.g. {skipped[0]["skipped"]}' if skipped else ''))
+
+
+# The sources: where the images (and captions) come from.
+
+def download(url, path, verify, timeout=60.0, retries=5, show=''):
+    """Stream url to path. A partial download (path.part) is resumed with an HTTP Range request, and a file only takes
+    its final name after its length and verify(path.part) have passed, so a file at path is always whole. With
+    show, a progress line of that name."""
+    if os.path.exists(path):
+        return
+    part, problem, progress = path + '.part', '', Progress()
+    for attempt in range(retries + 1):
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        try:
+            with requests.get(url, headers={'Range': f'bytes={have}-'} if have else {}, stream=True,
+                              timeout=(10, timeout)) as r:
+                if r.status_code == 416:  # the part is already whole, or the server changed the file: start again
+                    os.remove(part)
+                    continue
+                if r.status_code not in (200, 206):
+                    problem = f'HTTP {r.status_code}'
+                    if r.status_code < 500 and r.status_code != 429:
+                        break
+                    raise requests.ConnectionError(problem)
+                if r.status_code == 200:
+                    have = 0  # the server ignored the range: the whole file comes again
+                total = have + int(r.headers['Content-Length']) if 'Content-Length' in r.headers else None
+                with open(part, 'ab' if have else 'wb') as f:
+                    for chunk in r.iter_content(1 << 16):
+                        f.write(chunk)
+                        if show:
+                            progress(f'{show}: {f.tell() / 1e6:,.1f}' + (f' of {total / 1e6:,.1f}' if total else '') + ' MB')
+            if total is not None and os.path.getsize(part) != total:
+                raise requests.ConnectionError(f'got {os.path.getsize(part)} of {total} bytes')
+            problem = verify(part)
+            if not problem:
+                os.replace(part, path)
+                if show:
+                    progress(f'{show}: {os.path.getsize(path) / 1e6:,.1f} MB, verified', last=True)
+                return
+            os.remove(part)
+        except (requests.RequestException, OSError) as e:
+            problem = str(e)
+        time.sleep(min(60.0, BACKOFF * 2 ** attempt))
+    raise RequestFailed(f'cannot download {url}: {problem}')
+
+
+def verify_image(path):
+    """None if path is a whole, readable image, else what is wrong with it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        return f'not a readable image ({e})'
+
+
+def verify_zip(path):
+    """None if path is a whole zip archive (every member's checksum is right), else what is wrong with it."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        return f'{bad} in the archive is corrupt' if bad else None
+    except zipfile.BadZipFile as e:
+        return f'not a zip archive ({e})'
+
+
+def coco_items(c, out_dir):
+    """c.n + c.n_test COCO train2017 images with at least five captions, picked at random for the seed; the caption
+    annotations (241 MB) and just those images are downloaded, not the 18 GB archive."""
+    zip_path = os.path.join(out_dir, 'annotations_trainval2017.zip')
+    try:
+        download(f'{c.coco_url}/annotations/annotations_trainval2017.zip', zip_path, verify_zip, c.timeout,
+                 show='downloading the COCO annotations')
+    except RequestFailed as e:
+        raise UserError(f'{e}; run again to resume the download')
+    with zipfile.ZipFile(zip_path) as z, z.open('annotations/captions_train2017.json') as f:
+        ann = json.load(f)
+    captions = {}
+    for a in sorted(ann['annotations'], key=lambda a: a['id']):
+        captions.setdefault(a['image_id'], []).append(' '.join(a['caption'].split()))
+    files = {im['id']: im['file_name'] for im in ann['images']}
+    eligible = sorted(i for i, caps in captions.items() if len(caps) >= 5 and i in files)
+    n = c.n or 28000
+    if n + c.n_test > len(eligible):
+        raise UserError(f'COCO has {len(eligible):,} images with five captions; ask for fewer than --n={n} plus --n_test={c.n_test}')
+    chosen = random.Random(c.seed).sample(eligible, n + c.n_test)
+    items = assign_splits([{'id': f'coco-{i}', 'image': f'images/{files[i]}', 'captions': captions[i][:5]} for i in chosen], c.n_test)
+    os.makedirs(os.path.join(out_dir, 'images'), exist_ok=True)
+    missing = [it for it in items if not os.path.exists(os.path.join(out_dir, it['image']))]
+    failed = []
+
+    def fetch(it):
+        try:
+            download(f"{c.coco_url}/train2017/{os.path.basename(it['image'])}", os.path.join(out_dir, it['image']),
+                     verify_image, c.timeout)
+        except RequestFailed as e:
+            failed.append((it['id'], str(e)))
+
+    progress = Progress()
+    with ThreadPoolExecutor(c.workers) as pool:
+        for k, _ in enumerate(as_completed([pool.submit(fetch, it) for it in missing]), 1):
+            progress(f'downloading images: {k:,}/{len(missing):,}')
+    if missing:
+        progress(f'downloaded {len(missing) - len(failed):,} images' + (
+            f'; {len(failed)} failed, e.g. {failed[0][1]} (run again to retry them)' if failed else ''), last=True)
+    gone = {i for i, _ in failed}
+    return [it for it in items if it['id'] not in gone]
+
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif')
+
+
+def folder_items(c, out_dir):
+    """The pictures in a folder (and its subfolders), c.n of them (0: all) plus c.n_test, picked for the seed."""
+    if not c.images or not os.path.isdir(c.images):
+        raise UserError(f'--images={c.images!r} is not a folder; give the folder of your pictures')
+    paths = sorted(os.path.relpath(os.path.join(root, name), c.images) for root, _, names in os.walk(c.images)
+                   for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+    if len(paths) < c.n_test + 2:
+        raise UserError(f'{c.images} has {len(paths)} pictures; at least {c.n_test + 2} are needed with --n_test={c.n_test}')
+    random.Random(c.seed).shuffle(paths)
+    paths = paths[:c.n + c.n_test] if c.n else paths
+    return assign_splits([{'id': p, 'image': os.path.relpath(os.path.join(c.images, p), out_dir)} for p in paths], c.n_test)
+
+
+def jsonl_records(c, out_dir):
+    """Records of a JSONL the user has: each an "image" path (relative to that file, or absolute) and a "short"
+    and/or "long" text. Records without a readable image or a text are skipped, and said so."""
+    records, root, skipped = [], os.path.dirname(os.path.abspath(c.path)), []
+    for i, r in enumerate(read_jsonl(c.path)):
+        image = os.path.join(root, str(r.get('image', '')))
+        texts = {s: ' '.join(r[s].split()) for s in STYLES if isinstance(r.get(s), str) and r[s].strip()}
+        problem = 'has no "image"' if not r.get('image') else 'has no "short" or "long" text' if not texts else \
+            f'image {image} does not exist' if not os.path.exists(image) else verify_image(image)
+        if problem:
+            skipped.append(f'record {i + 1} {problem}')
+        else:
+            records.append({'id': str(r.get('id', i)), 'image': os.path.relpath(image, out_dir), **texts})
+    if skipped:
+        print(f'skipped {len(skipped)} records of {c.path}, e.g. {skipped[0]}')
+    if len(records) < c.n_test + 2:
+        raise UserError(f'{c.path} has {len(records)} usable records; at least {c.n_test + 2} are needed')
+    random.Random(c.seed).shuffle(records)
+    return assign_splits(records[:c.n + c.n_test] if c.n else records, c.n_test)
+
+
+def build(c):
+    """Build the dataset c.dataset into its folder, resuming whatever an earlier run of the same command began."""
+    out_dir = c.out or f'data/{c.dataset}'
+    os.makedirs(out_dir, exist_ok=True)
+    if c.dataset == 'jsonl':
+        items = jsonl_records(c, out_dir)
+        return write_splits(out_dir, items, items)
+    items = coco_items(c, out_dir) if c.dataset == 'coco' else folder_items(c, out_dir)
+    if describe_all(items, out_dir, c):
+        write_splits(out_dir, items, read_log(os.path.join(out_dir, 'build.jsonl')))
+
+
+# -----------------------------------------------------------------------------
+# 3. The tokenizer: GPT-2's BPE with a compact vocabulary
 #
 # GPT-2's 50,257 embedding rows would dwarf a 5M-parameter model, and a child's vocabulary uses a few hundred of
 # them. So token ids are renumbered: a handful of special tokens first, then only the GPT-2 ids that occur in the
@@ -544,14 +1103,12 @@ class Tokenizer:
 
 
 # -----------------------------------------------------------------------------
-# 3. Preparation: every split as arrays the training loop can slice without decoding anything
+# 4. Preparation: every split as arrays the training loop can slice without decoding anything
 #
 #   {split}.images{S}.npy  uint8 (N, S, S, 3)      the pictures at the model's image size S
 #   {split}.tokens.npy     uint16 (N, 2, T)        per record, the short and the long text as
 #                                                  [<|short|> or <|long|>] text tokens [<|endoftext|>] [<|pad|> ...]
 #   vocab.json             the tokenizer, fitted on the training texts
-
-STYLES = ['short', 'long']
 
 
 def prepared_paths(data_dir, split, img_size):
@@ -598,10 +1155,57 @@ def prepare(data_dir, img_size, splits=('train', 'val')):
 
 # -----------------------------------------------------------------------------
 
+DEFAULTS = dict(
+    dataset='picturebook',  # picturebook, coco, folder or jsonl
+    out='',                 # the dataset folder (default: data/DATASET)
+    seed=1337,              # which scenes are drawn, which images are picked and how they are split
+    n_test=-1,              # held-out test images (-1: 500 for picturebook, the paper's 25 for the others)
+    # picturebook
+    n_train=12000,          # training scenes
+    n_val=500,              # validation scenes
+    img_size=64,            # the pictures' size in pixels (and the size the arrays are prepared at)
+    # coco, folder, jsonl: n images are split 90/10 into train and val, as in the paper
+    n=0,                    # images besides the test ones (0: 28000 for coco, all there are for folder and jsonl)
+    images='',              # folder: the folder of pictures
+    path='',                # jsonl: the file of {"image", "short", "long"} records
+    coco_url='http://images.cocodataset.org',  # coco: where the annotations and images are downloaded from
+    with_image=False,       # coco: send the picture along with its five captions
+    # the chat model that writes the descriptions (coco, folder)
+    base_url='https://api.openai.com/v1',  # any OpenAI-compatible server; the key comes from OPENAI_API_KEY
+    model='gpt-4o',         # the paper's writer
+    workers=8,              # requests (and downloads) at once
+    timeout=60.0,           # seconds to wait for a reply before trying again
+    max_retries=6,          # retries of a request after a timeout, 429 or 5xx
+    max_attempts=3,         # replies asked for per image before it is skipped for breaking the rules
+    price_in=-1.0,          # USD per million input tokens, for the estimate (-1: the known price of --model)
+    price_out=-1.0,         # USD per million output tokens
+    yes=False,              # start spending without asking
+)
+
+
+def main(argv):
+    c = SimpleNamespace(**parse_flags(DEFAULTS, argv))
+    if c.dataset not in ('picturebook', 'coco', 'folder', 'jsonl'):
+        raise UserError(f'--dataset={c.dataset}: choose picturebook, coco, folder or jsonl')
+    if c.n_test == -1:
+        c.n_test = 500 if c.dataset == 'picturebook' else 25
+    for key in ('n', 'n_train', 'n_val', 'n_test'):
+        if getattr(c, key) < 0:
+            raise UserError(f'--{key} cannot be negative')
+    for key in ('workers', 'max_attempts', 'img_size'):
+        if getattr(c, key) < 1:
+            raise UserError(f'--{key} must be at least 1')
+    if c.timeout <= 0 or c.max_retries < 0:
+        raise UserError('--timeout must be positive and --max_retries at least 0')
+    if c.dataset == 'picturebook':
+        out = c.out or 'data/picturebook'
+        make_picturebook(out, c.n_train, c.n_val, c.n_test, c.img_size, c.seed)
+        prepare(out, c.img_size)
+    else:
+        if c.dataset == 'jsonl' and not c.path:
+            raise UserError('--dataset=jsonl needs --path=FILE')
+        build(c)
+
+
 if __name__ == '__main__':
-    def main(argv):
-        flags = parse_flags({'out': 'data/picturebook', 'n_train': 12000, 'n_val': 500, 'n_test': 500,
-                             'img_size': 64, 'seed': 1337}, argv)
-        make_picturebook(flags['out'], flags['n_train'], flags['n_val'], flags['n_test'], flags['img_size'], flags['seed'])
-        prepare(flags['out'], flags['img_size'])
     run_cli(main)

@@ -11,9 +11,14 @@ trained a separate model per dataset; one model with a style token is cheaper an
 picks the token; a --prompt is the beginning of the description, which the model continues.
 
 With --jsonl every record of a dataset file is described (images resolved relative to that file) and written to
---out as {"id", "image", "style", "prompt", "text"} where text is the whole description, the prompt included; the
-record's "scene", if it has one, is copied so that grade.py can check the text against the picture.
+--out as {"id", "image", "style", "prompt", "text", "reference"}: text is the whole description, the prompt
+included, and reference the record's own description in that style. The record's "scene", if it has one, is copied
+so that grade.py can check the text against the picture. --task=complete is the paper's test: each record of a
+test.jsonl is completed from its own beginning (its "prompts", 6-7 words short, 18-20 long):
+
+    python sample.py --out_dir=out-tiny --jsonl=data/picturebook/test.jsonl --task=complete --style=long --out=long.jsonl
 """
+from itertools import groupby
 import os
 
 import numpy as np
@@ -29,6 +34,7 @@ DEFAULTS = dict(
     out='',                 # with --jsonl: write the descriptions here (JSONL)
     n=0,                    # with --jsonl: only the first n records (0: all)
     prompt='',              # the beginning of the description, to be completed
+    task='describe',        # with --jsonl: 'describe' from --prompt, or 'complete' each record's own beginning
     style='short',          # 'short' (20-25 words) or 'long' (60-70 words)
     temperature=0.7,        # 0 is greedy; higher is more varied and less exact
     top_k=20,               # sample from the k most likely tokens (0: all)
@@ -58,16 +64,18 @@ def model_from_checkpoint(ckpt):
 @torch.no_grad()
 def describe(model, tokenizer, images, style='short', prompt='', temperature=0.7, top_k=20, max_new_tokens=120,
              use_cache=True):
-    """Descriptions of images (B, S, S, 3) uint8 (numpy or torch), each starting with prompt. Returns B strings."""
+    """Descriptions of images (B, S, S, 3) uint8 (numpy or torch), each starting with its prompt: one string for
+    all, or a list of B prompts of the same length in tokens. Returns B strings."""
     if style not in data.STYLE_TOKEN:
         raise UserError(f'--style={style}: use short or long')
     device = next(model.parameters()).device
     images = torch.as_tensor(np.array(images)).to(device)  # a copy: memory-mapped arrays are read-only
-    start = [data.STYLE_TOKEN[style]] + tokenizer.encode(prompt.rstrip())
-    idx = torch.tensor([start] * len(images), dtype=torch.long, device=device)
+    prompts = [prompt] * len(images) if isinstance(prompt, str) else prompt
+    starts = [[data.STYLE_TOKEN[style]] + tokenizer.encode(p.rstrip()) for p in prompts]
+    idx = torch.tensor(starts, dtype=torch.long, device=device)  # (B, T): fails unless all have the same length
     new = model.generate(images, idx, max_new_tokens, temperature=temperature, top_k=top_k, eot=data.EOT,
                          use_cache=use_cache)
-    return [tokenizer.decode(start[1:] + row) for row in new.tolist()]
+    return [tokenizer.decode(start[1:] + row) for start, row in zip(starts, new.tolist())]
 
 
 def main(argv):
@@ -79,6 +87,8 @@ def main(argv):
     for key in ('batch_size', 'max_new_tokens'):
         if f[key] < 1:
             raise UserError(f'--{key} must be at least 1')
+    if f['task'] not in ('describe', 'complete') or f['task'] == 'complete' and not f['jsonl']:
+        raise UserError(f"--task={f['task']}: use describe, or complete with --jsonl")
     if f['n'] < 0 or f['top_k'] < 0 or f['temperature'] < 0:
         raise UserError('--n, --top_k and --temperature cannot be negative')
     device = pick_device(f['device'])
@@ -86,22 +96,33 @@ def main(argv):
     model.to(device)
     torch.manual_seed(f['seed'])
     size = model.config.img_size
-    opts = dict(style=f['style'], prompt=f['prompt'], temperature=f['temperature'], top_k=f['top_k'],
-                max_new_tokens=f['max_new_tokens'])
+    opts = dict(style=f['style'], temperature=f['temperature'], top_k=f['top_k'], max_new_tokens=f['max_new_tokens'])
     if f['image']:
-        print(describe(model, tokenizer, data.load_image(f['image'], size)[None], **opts)[0])
+        print(describe(model, tokenizer, data.load_image(f['image'], size)[None], prompt=f['prompt'], **opts)[0])
         return
     records = data.read_jsonl(f['jsonl'])[:f['n'] or None]
+    if f['task'] == 'complete':
+        missing = [r.get('id') for r in records if f['style'] not in r.get('prompts', {})]
+        if missing:
+            raise UserError(f"{len(missing)} records of {f['jsonl']} (e.g. {missing[0]}) have no {f['style']} beginning "
+                            "in \"prompts\": use a test.jsonl made by this version of data.py")
+    prompts = [r['prompts'][f['style']] if f['task'] == 'complete' else f['prompt'] for r in records]
     root = os.path.dirname(f['jsonl'])
-    out = []
-    for i in range(0, len(records), f['batch_size']):
-        batch = records[i:i + f['batch_size']]
-        paths = [os.path.join(root, r['image']) for r in batch]
-        texts = describe(model, tokenizer, np.stack([data.load_image(p, size) for p in paths]), **opts)
-        for r, path, text in zip(batch, paths, texts):
-            out.append({'id': r.get('id', path), 'image': path, 'style': f['style'], 'prompt': f['prompt'], 'text': text,
-                        **({'scene': r['scene']} if 'scene' in r else {})})
-        print(f'described {len(out)}/{len(records)}', end='\r', flush=True)
+    out = [None] * len(records)
+    lengths = [len(tokenizer.encode(p.rstrip())) for p in prompts]
+    batches = []  # prompts of equal length in tokens are described together: a batch is one tensor
+    for _, same in groupby(sorted(range(len(records)), key=lengths.__getitem__), key=lengths.__getitem__):
+        same = list(same)
+        batches += [same[k:k + f['batch_size']] for k in range(0, len(same), f['batch_size'])]
+    for batch in batches:
+        paths = [os.path.join(root, records[i]['image']) for i in batch]
+        texts = describe(model, tokenizer, np.stack([data.load_image(p, size) for p in paths]),
+                         prompt=[prompts[i] for i in batch], **opts)
+        for i, path, text in zip(batch, paths, texts):
+            r = records[i]
+            out[i] = {'id': r.get('id', path), 'image': path, 'style': f['style'], 'prompt': prompts[i], 'text': text,
+                      'reference': r.get(f['style'], ''), **({'scene': r['scene']} if 'scene' in r else {})}
+        print(f'described {sum(o is not None for o in out)}/{len(records)}', end='\r', flush=True)
     data.write_jsonl(f['out'], out)
     print(f'\nwrote {len(out)} descriptions to {f["out"]}')
 

@@ -100,6 +100,15 @@ def test_picturebook_records(picturebook):
                 assert im.size == (32, 32) and im.mode == 'RGB'
 
 
+def test_picturebook_test_records_carry_the_completion_beginnings(picturebook):
+    for r in data.read_jsonl(os.path.join(picturebook, 'test.jsonl')):
+        short, long = r['prompts']['short'], r['prompts']['long']
+        assert 6 <= len(short.split()) <= 7 and r['short'].startswith(short)
+        assert 18 <= len(long.split()) <= 20 and r['long'].startswith(long)
+        assert data.add_beginnings(r)['prompts'] == r['prompts']  # the same on every run
+    assert not any('prompts' in r for r in data.read_jsonl(os.path.join(picturebook, 'train.jsonl')))
+
+
 def test_no_val_or_test_scene_in_train(picturebook):
     keys = {split: [data.scene_key(r['scene']) for r in data.read_jsonl(os.path.join(picturebook, f'{split}.jsonl'))]
             for split in ('train', 'val', 'test')}

@@ -98,6 +98,21 @@ def test_sample_jsonl_long_style_without_prompt(trained, run_script, tmp_path):
     assert len(records) == 3 and all(r['style'] == 'long' and r['prompt'] == '' for r in records)
 
 
+def test_sample_completes_each_test_record_from_its_own_beginning(trained, run_script, tmp_path):
+    out = str(tmp_path / 'complete.jsonl')
+    p = run_script('sample.py', f'--out_dir={trained.out_dir}', f'--jsonl={trained.data_dir}/test.jsonl', f'--out={out}',
+                   '--task=complete', '--style=long', '--batch_size=3', '--max_new_tokens=10')
+    assert p.returncode == 0, p.stdout + p.stderr
+    test = data.read_jsonl(os.path.join(trained.data_dir, 'test.jsonl'))
+    got = data.read_jsonl(out)
+    assert [r['id'] for r in got] == [r['id'] for r in test]  # the file's order, though batched by prompt length
+    for r, t in zip(got, test):
+        assert r['prompt'] == t['prompts']['long'] and r['text'].startswith(r['prompt']) and r['reference'] == t['long']
+    p = run_script('sample.py', f'--out_dir={trained.out_dir}', f'--jsonl={trained.data_dir}/val.jsonl',
+                   f'--out={tmp_path / "x.jsonl"}', '--task=complete')
+    assert p.returncode == 1 and 'have no short beginning in "prompts"' in p.stderr and 'Traceback' not in p.stderr
+
+
 def test_grade_cli(samples, run_script, tmp_path):
     result = str(tmp_path / 'grades.json')
     p = run_script('grade.py', samples, '--judge=grounding', f'--json={result}')

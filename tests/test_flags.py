@@ -153,3 +153,17 @@ def test_sample_impossible_settings(run_script, trained, tmp_path, bad):
     p = run_script('sample.py', f'--out_dir={trained.out_dir}', f'--jsonl={trained.data_dir}/test.jsonl',
                    f'--out={tmp_path / "s.jsonl"}', '--max_new_tokens=5', bad)
     assert_one_line_error(p, bad.split('=')[0].lstrip('-'))
+
+
+@pytest.mark.parametrize('args, words', [
+    (['--dataset=imagenet'], 'choose picturebook, coco, folder or jsonl'),
+    (['--dataset=folder', '--images=/no/such/folder'], "--images='/no/such/folder' is not a folder"),
+    (['--dataset=jsonl'], '--dataset=jsonl needs --path=FILE'),
+    (['--dataset=jsonl', '--path=/no/such.jsonl'], '/no/such.jsonl does not exist'),
+    (['--dataset=coco', '--workers=0'], '--workers must be at least 1'),
+    (['--dataset=coco', '--n_test=-3'], '--n_test cannot be negative'),
+    (['--dataset=coco', '--timeout=0'], '--timeout must be positive'),
+])
+def test_data_flag_errors(run_script, tmp_path, args, words):
+    p = run_script('data.py', f'--out={tmp_path / "d"}', *args)
+    assert p.returncode == 1 and words in p.stderr and 'Traceback' not in p.stderr, p.stderr

@@ -1,0 +1,172 @@
+"""
+Real HTTP servers on 127.0.0.1 for the tests, each in a thread of the test process: COCO's file server (caption
+annotations and images, with HTTP ranges and dropped connections) and a Chat Completions endpoint that plays a
+script of replies and faults. The code under test talks to them exactly as it talks to images.cocodataset.org and
+api.openai.com.
+"""
+import io
+import json
+import os
+import re
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from PIL import Image
+
+SHORT = 'A little dog runs on the soft green grass. He wants to catch the red ball. The sun is warm and bright.'
+LONG = ('A happy brown dog runs across the wide green park. He holds a bright red ball in his mouth. A little girl '
+        'claps her hands and laughs with joy. The sun is warm, and soft white clouds float slowly by. The dog drops '
+        'the ball at her feet and waits for her. Soon they will play again until it is time to go home for dinner.')
+TOO_LONG = ' '.join(['The big dog runs and runs on the grass all day long.'] * 4)  # 44 words, 4 sentences
+
+
+class Server:
+    """A ThreadingHTTPServer on a free port of 127.0.0.1; `url` is its address, `log` what it was asked."""
+
+    def __init__(self, handler):
+        self.httpd = ThreadingHTTPServer(('127.0.0.1', 0), handler)
+        self.httpd.daemon_threads = True
+        self.httpd.owner = self
+        self.httpd.handle_error = lambda request, address: None  # a client that hung up (a timeout test) is no news
+        self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
+        self.log = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+
+    def log_message(self, *args):
+        pass
+
+    def send(self, status, body, headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+# -----------------------------------------------------------------------------
+# COCO: /annotations/annotations_trainval2017.zip and /train2017/<file_name>
+
+def coco_files(n_images=16, n_few=3):
+    """The files of a small COCO: n_images images with five captions and n_few with only three (never picked)."""
+    images, annotations, files = [], [], {}
+    for i in range(1, n_images + n_few + 1):
+        name = f'{i:012d}.jpg'
+        images.append({'id': i, 'file_name': name, 'coco_url': f'http://images.cocodataset.org/train2017/{name}'})
+        for k in range(5 if i <= n_images else 3):
+            annotations.append({'id': 100 * i + k, 'image_id': i, 'caption': f'A dog number {i} plays with ball {k} in a park. '})
+        im = Image.new('RGB', (48, 40), ((37 * i) % 256, (91 * i) % 256, (53 * i) % 256))
+        im.paste((255, 255, 255), (8, 8, 8 + 2 * i % 30, 20))
+        buf = io.BytesIO()
+        im.save(buf, format='JPEG')
+        files[f'/train2017/{name}'] = buf.getvalue()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, 'w', zipfile.ZIP_DEFLATED) as z:
+        z.writestr('annotations/captions_train2017.json', json.dumps({'images': images, 'annotations': annotations}))
+        z.writestr('annotations/instances_train2017.json', os.urandom(300_000))  # the real archive holds more than captions
+    files['/annotations/annotations_trainval2017.zip'] = buf.getvalue()
+    return files
+
+
+class CocoHandler(_Quiet):
+    def do_GET(self):
+        server = self.server.owner
+        with server.lock:
+            server.log.append((self.path, self.headers.get('Range')))
+            cut = self.path in server.cut
+            server.cut.discard(self.path)
+        body = server.files.get(self.path)
+        if body is None:
+            return self.send(404, b'not found')
+        start = 0
+        m = re.fullmatch(r'bytes=(\d+)-', self.headers.get('Range') or '')
+        if m:
+            start = int(m.group(1))
+            if start >= len(body):
+                return self.send(416, b'')
+        part = body[start:]
+        self.send_response(206 if m else 200)
+        if m:
+            self.send_header('Content-Range', f'bytes {start}-{len(body) - 1}/{len(body)}')
+        self.send_header('Content-Length', str(len(part)))
+        self.end_headers()
+        if cut:  # the connection drops half-way through
+            self.wfile.write(part[:len(part) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(part)
+
+
+def coco_server(**kw):
+    server = Server(CocoHandler)
+    server.files = coco_files(**kw)
+    server.cut = set()
+    return server
+
+
+# -----------------------------------------------------------------------------
+# Chat Completions: POST /v1/chat/completions
+
+def descriptions(short=SHORT, long=LONG):
+    return json.dumps({'short': short, 'long': long})
+
+
+class ChatHandler(_Quiet):
+    def do_POST(self):
+        server = self.server.owner
+        body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+        key = (self.headers.get('Authorization') or '').removeprefix('Bearer ')
+        with server.lock:
+            server.log.append({'time': time.time(), 'body': body, 'key': key})
+            step = server.script.pop(0) if server.script and key == server.key else 'good'
+        if self.path != '/v1/chat/completions':
+            return self.error(404, 'Unknown endpoint', 'unknown_url')
+        if key != server.key:
+            return self.error(401, f'Incorrect API key provided: {key}.', 'invalid_api_key')
+        time.sleep(server.delay)
+        kind, arg = step if isinstance(step, tuple) else (step, None)
+        if kind == 'sleep':  # longer than the client waits; the reply comes too late
+            time.sleep(arg)
+            kind = 'good'
+        if kind == '429':
+            return self.error(429, 'Rate limit reached. Please try again later.', 'rate_limit_exceeded',
+                              [('Retry-After', str(arg))])
+        if kind == 'quota':
+            return self.error(429, 'You exceeded your current quota.', 'insufficient_quota')
+        if kind in ('400', '500', '503'):
+            return self.error(int(kind), f'The server says {kind}.', 'server_error')
+        if kind == 'broken':  # 200, but not a Chat Completions response
+            return self.send(200, b'<html>gateway hiccup</html>')
+        content = {'good': descriptions(), 'fenced': f'```json\n{descriptions()}\n```',
+                   'prose': f'Here are the descriptions you asked for:\n{descriptions()}\nI hope they help.',
+                   'malformed': 'Sure! The short one: a dog runs. The long one: a dog runs and runs.',
+                   'long': descriptions(short=TOO_LONG), 'content': arg}[kind]
+        reply = {'id': 'chatcmpl-test', 'object': 'chat.completion', 'model': body.get('model'),
+                 'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': content}, 'finish_reason': 'stop'}],
+                 'usage': {'prompt_tokens': 100, 'completion_tokens': 50, 'total_tokens': 150}}
+        self.send(200, json.dumps(reply).encode(), [('Content-Type', 'application/json')])
+
+    def error(self, status, message, code, headers=()):
+        body = {'error': {'message': message, 'type': code, 'code': code}}
+        self.send(status, json.dumps(body).encode(), [('Content-Type', 'application/json'), *headers])
+
+
+def chat_server(key='sk-test-0123456789', script=(), delay=0.0):
+    """A Chat Completions server that accepts `key`; each request takes the next step of `script` ('good',
+    'fenced', 'prose', 'malformed', 'broken', 'long', ('429', seconds), 'quota', '400', '500', '503',
+    ('sleep', seconds), ('content', text)), then 'good' once the script is spent."""
+    server = Server(ChatHandler)
+    server.key, server.script, server.delay = key, list(script), delay
+    return server

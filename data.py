@@ -594,8 +594,9 @@ def check_descriptions(reply):
             return None, f'the {style} description is a list; it must be one plain paragraph'
         if re.search(r'["“”«»]', flat) or '!' in flat:
             return None, f'the {style} description has quotation or exclamation marks; it must have none'
-        if FILLER_OPENING.match(flat):
-            return None, f'the {style} description opens with filler ("{FILLER_OPENING.match(flat).group()}"); begin it another way'
+        filler = FILLER_OPENING.match(flat)
+        if filler:
+            return None, f'the {style} description opens with filler ("{filler.group()}"); begin it another way'
         texts[style] = flat
     return texts, None
 
@@ -674,12 +675,15 @@ class ChatEndpoint:
                 if r.status_code == 200:
                     try:
                         reply = r.json()
-                        text = reply['choices'][0]['message']['content']
-                        usage = {k: int((reply.get('usage') or {}).get(k) or 0) for k in ('prompt_tokens', 'completion_tokens')}
-                        if isinstance(text, str):
-                            return text, usage
-                    except (ValueError, KeyError, IndexError, TypeError):
-                        pass
+                        message = reply['choices'][0]['message']
+                        used = reply.get('usage') or {}
+                        usage = {k: int(used.get(k) or 0) for k in ('prompt_tokens', 'completion_tokens')}
+                    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                        message = None
+                    if isinstance(message, dict) and message.get('refusal'):  # structured outputs' way to say no
+                        raise RequestFailed(f"the model refused: {message['refusal']}")
+                    if isinstance(message, dict) and isinstance(message.get('content'), str):
+                        return message['content'], usage
                     problem = 'the server sent a reply that is not a Chat Completions response'
                 else:
                     problem = self._fault(r)
@@ -717,7 +721,8 @@ def _retry_after(r):
         seconds = float(value)
     except ValueError:
         try:
-            seconds = (email.utils.parsedate_to_datetime(value) - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+            when = email.utils.parsedate_to_datetime(value)
+            seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
         except (TypeError, ValueError):
             return None
     return min(300.0, max(0.0, seconds))
@@ -972,9 +977,11 @@ def coco_items(c, out_dir):
     eligible = sorted(i for i, caps in captions.items() if len(caps) >= 5 and i in files)
     n = c.n or 28000
     if n + c.n_test > len(eligible):
-        raise UserError(f'COCO has {len(eligible):,} images with five captions; ask for fewer than --n={n} plus --n_test={c.n_test}')
+        raise UserError(f'COCO has {len(eligible):,} images with five captions, fewer than --n={n} plus '
+                        f'--n_test={c.n_test}; ask for fewer')
     chosen = random.Random(c.seed).sample(eligible, n + c.n_test)
-    items = assign_splits([{'id': f'coco-{i}', 'image': f'images/{files[i]}', 'captions': captions[i][:5]} for i in chosen], c.n_test)
+    items = assign_splits([{'id': f'coco-{i}', 'image': f'images/{files[i]}', 'captions': captions[i][:5]}
+                           for i in chosen], c.n_test)
     os.makedirs(os.path.join(out_dir, 'images'), exist_ok=True)
     missing = [it for it in items if not os.path.exists(os.path.join(out_dir, it['image']))]
     failed = []

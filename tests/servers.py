@@ -149,6 +149,9 @@ class ChatHandler(_Quiet):
             return self.error(int(kind), f'The server says {kind}.', 'server_error')
         if kind == 'broken':  # 200, but not a Chat Completions response
             return self.send(200, b'<html>gateway hiccup</html>')
+        if kind == 'refusal':  # how structured outputs decline
+            message = {'role': 'assistant', 'content': None, 'refusal': "I'm sorry, I can't help with that."}
+            return self.send(200, json.dumps({'choices': [{'index': 0, 'message': message}]}).encode())
         content = {'good': descriptions(), 'fenced': f'```json\n{descriptions()}\n```',
                    'prose': f'Here are the descriptions you asked for:\n{descriptions()}\nI hope they help.',
                    'malformed': 'Sure! The short one: a dog runs. The long one: a dog runs and runs.',
@@ -165,7 +168,7 @@ class ChatHandler(_Quiet):
 
 def chat_server(key='sk-test-0123456789', script=(), delay=0.0):
     """A Chat Completions server that accepts `key`; each request takes the next step of `script` ('good',
-    'fenced', 'prose', 'malformed', 'broken', 'long', ('429', seconds), 'quota', '400', '500', '503',
+    'fenced', 'prose', 'malformed', 'broken', 'refusal', 'long', ('429', seconds), 'quota', '400', '500', '503',
     ('sleep', seconds), ('content', text)), then 'good' once the script is spent."""
     server = Server(ChatHandler)
     server.key, server.script, server.delay = key, list(script), delay

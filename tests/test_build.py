@@ -193,10 +193,11 @@ def test_a_request_the_server_turns_down_skips_that_image_or_stops_if_it_is_the_
     chat.script = ['400']
     with pytest.raises(UserError, match='turned down the first request'):
         build_coco(str(tmp_path / 'a'), coco, chat, n=2, n_test=0)
-    chat.script = ['good', '400']
-    build_coco(str(tmp_path / 'b'), coco, chat, '--workers=1', n=2, n_test=0)
+    chat.script = ['good', '400', 'refusal']
+    build_coco(str(tmp_path / 'b'), coco, chat, '--workers=1', n=3, n_test=0)
     log = data.read_log(str(tmp_path / 'b' / 'build.jsonl'))
-    assert [r.get('skipped', '')[:34] for r in log] == ['', 'the server turned the request down']
+    assert [r.get('skipped', '')[:34] for r in log] == ['', 'the server turned the request down', 'the server turned the request down']
+    assert 'HTTP 400' in log[1]['skipped'] and "the model refused: I'm sorry" in log[2]['skipped']
 
 
 # -----------------------------------------------------------------------------

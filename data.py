@@ -648,6 +648,7 @@ class ChatEndpoint:
         if not self.key and 'api.openai.com' in base_url:
             raise UserError('set OPENAI_API_KEY to your OpenAI API key, or point --base_url at a local server')
         self.stop = threading.Event()  # set to make every waiting request give up: Ctrl-C, or a fatal fault
+        self.answered = False  # until the server has answered once, a request it turns down stops the run
 
     def redact(self, text):
         """Text safe to print or store: the API key never appears in logs, errors or files."""
@@ -680,6 +681,7 @@ class ChatEndpoint:
                         usage = {k: int(used.get(k) or 0) for k in ('prompt_tokens', 'completion_tokens')}
                     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                         message = None
+                    self.answered = self.answered or isinstance(message, dict)
                     if isinstance(message, dict) and message.get('refusal'):  # structured outputs' way to say no
                         raise RequestFailed(f"the model refused: {message['refusal']}")
                     if isinstance(message, dict) and isinstance(message.get('content'), str):
@@ -692,6 +694,20 @@ class ChatEndpoint:
                 self.stop.wait(wait)
         raise UserError(f'{problem}, {self.max_retries + 1} times in a row; finished work is saved: '
                         'run the same command again to go on')
+
+    def ask(self, messages, check, response_format=None, max_attempts=3, temperature=None):
+        """Ask until a reply passes check(reply) -> (value, None) or (None, what is wrong). A reply that fails is sent
+        back with what is wrong, up to max_attempts replies. Returns (value, None, usage) or (None, why, usage)."""
+        usage = {'prompt_tokens': 0, 'completion_tokens': 0}
+        for attempt in range(max_attempts):
+            reply, used = self.complete(messages, response_format, temperature=temperature)
+            usage = {k: usage[k] + used[k] for k in usage}
+            value, problem = check(reply)
+            if problem is None:
+                return value, None, usage
+            messages = messages + [{'role': 'assistant', 'content': reply},
+                                   {'role': 'user', 'content': f'Not quite: {problem}. Answer again, keeping every rule.'}]
+        return None, f'{max_attempts} replies broke the rules, the last because {problem}', usage
 
     def _fault(self, r):
         """What an HTTP error means, said in one line; raises for the faults a retry cannot fix."""
@@ -708,6 +724,9 @@ class ChatEndpoint:
         if r.status_code == 404:
             raise UserError(f'{self.url} or model {self.model!r} does not exist ({said}); check --base_url and --model')
         if r.status_code != 429 and r.status_code < 500:
+            if not self.answered:  # the first request: more of the same would be turned down too
+                raise UserError(f'the server turned down the first request ({said}); check --base_url and --model, '
+                                'and that the server supports JSON-schema replies (response_format)')
             raise RequestFailed(said)
         return said
 
@@ -728,6 +747,100 @@ def _retry_after(r):
     return min(300.0, max(0.0, seconds))
 
 
+def price(c):
+    """USD per million (input, output) tokens for c.model, or None if unknown."""
+    return (c.price_in, c.price_out) if c.price_in >= 0 and c.price_out >= 0 else PRICES.get(c.model)
+
+
+def spent(usage, c):
+    """' ($1.23)' for the tokens used so far, or '' where the price is unknown."""
+    p = price(c)
+    return f' (${(usage["prompt_tokens"] * p[0] + usage["completion_tokens"] * p[1]) / 1e6:,.2f})' if p else ''
+
+
+def confirm(plan, c):
+    """Say what a run will spend and ask to go on, unless c.yes. False if the user says no."""
+    print(plan)
+    if c.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise UserError('add --yes to start without being asked')
+    if input('go on? [y/N] ').strip().lower() in ('y', 'yes'):
+        return True
+    print('nothing was sent')
+    return False
+
+
+def run_jobs(chat, todo, job, log_path, c, words):
+    """job(item) -> record, for every item, by c.workers threads at once. Each record is appended to log_path
+    and flushed to disk the moment it is made, so an interrupted run keeps everything it paid for. The first item
+    goes alone: a wrong key, model or URL costs one request, not one per worker. words: ('described', 'images',
+    'skipped') says what the progress line counts; a record with a 'skipped' or 'failed' reason counts as the last."""
+    lock = threading.Lock()
+    totals = {'prompt_tokens': 0, 'completion_tokens': 0, 'done': 0, 'bad': 0}
+
+    def work(item):
+        if chat.stop.is_set():
+            return
+        try:
+            record = job(item)
+        except Stopped:
+            return
+        except UserError:
+            chat.stop.set()  # no other worker starts a request after a fatal fault
+            raise
+        with lock:  # one whole line at a time, on disk before the next
+            log.write(json.dumps(record) + '\n')
+            log.flush()
+            os.fsync(log.fileno())
+            totals['bad' if 'skipped' in record or 'failed' in record else 'done'] += 1
+            for k in ('prompt_tokens', 'completion_tokens'):
+                totals[k] += record['usage'][k]
+
+    done, what, bad = words
+    progress = Progress()
+    with open(log_path, 'a') as log:
+        work(todo[0])
+        pool = ThreadPoolExecutor(c.workers)
+        try:
+            for future in as_completed([pool.submit(work, it) for it in todo[1:]]):
+                future.result()
+                progress(f"{done} {totals['done']:,}, {bad} {totals['bad']:,} of {len(todo):,} | "
+                         f"{totals['prompt_tokens'] + totals['completion_tokens']:,} tokens{spent(totals, c)}")
+        finally:
+            chat.stop.set()  # waiting requests give up; those in flight finish and are written
+            pool.shutdown(cancel_futures=True)
+    progress(f"{done} {totals['done']:,} {what}, {bad} {totals['bad']:,}; {totals['prompt_tokens']:,} input and "
+             f"{totals['completion_tokens']:,} output tokens{spent(totals, c)}", last=True)
+    return totals
+
+
+class Progress:
+    """One status line rewritten in place, at most once a second, so a log file gets a line a second, not one per image."""
+
+    def __init__(self):
+        self.shown = 0.0
+
+    def __call__(self, text, last=False):
+        if last or time.time() - self.shown >= 1:
+            print('\r' + text, end='\n' if last else '', flush=True)
+            self.shown = time.time()
+
+
+def read_log(path):
+    """The records of a log that run_jobs appends to. A line cut short by a killed run is removed, so that the next
+    append starts on a line of its own."""
+    if not os.path.exists(path):
+        return []
+    with open(path, 'rb') as f:
+        raw = f.read()
+    if raw and not raw.endswith(b'\n'):
+        with open(path, 'r+b') as f:
+            f.truncate(raw.rfind(b'\n') + 1)
+        raw = raw[:raw.rfind(b'\n') + 1]
+    return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+
+
 # One image, described: the request, the rules checked, a reply that breaks them sent back with what is wrong.
 
 def user_message(item, out_dir, c):
@@ -740,30 +853,18 @@ def user_message(item, out_dir, c):
     return {'role': 'user', 'content': parts}
 
 
-def describe_image(chat, item, out_dir, c, first=False):
-    """The build record of one image: its two descriptions, or why it was skipped; with the tokens it took.
-    A request the server turns down skips the image, unless it is the first request: then the run stops."""
-    record, usage = dict(item), {'prompt_tokens': 0, 'completion_tokens': 0}
+def describe_image(chat, item, out_dir, c):
+    """The build record of one image: its two descriptions, or why it was skipped; with the tokens it took."""
+    texts, usage = None, {'prompt_tokens': 0, 'completion_tokens': 0}
     try:
         messages = [{'role': 'system', 'content': SYSTEM_PROMPT}, user_message(item, out_dir, c)]
-    except UserError as e:  # the picture cannot be read: this image is skipped, and no request is sent
-        return record | {'skipped': str(e), 'usage': usage}
+    except UserError as e:  # the picture cannot be read: no request is sent
+        return item | {'skipped': str(e), 'usage': usage}
     try:
-        for attempt in range(c.max_attempts):
-            reply, used = chat.complete(messages, DESCRIPTIONS_FORMAT)
-            usage = {k: usage[k] + used[k] for k in usage}
-            texts, problem = check_descriptions(reply)
-            if texts:
-                return record | texts | {'usage': usage}
-            messages += [{'role': 'assistant', 'content': reply},
-                         {'role': 'user', 'content': f'Not quite: {problem}. Write both again, keeping every rule.'}]
-        reason = f'{c.max_attempts} replies broke the rules, the last because {problem}'
+        texts, problem, usage = chat.ask(messages, check_descriptions, DESCRIPTIONS_FORMAT, c.max_attempts)
     except RequestFailed as e:
-        if first:
-            raise UserError(f'the server turned down the first request ({e}); check --base_url and --model, and that '
-                            'the server supports JSON-schema replies (response_format)')
-        reason = f'the server turned the request down: {e}'
-    return record | {'skipped': reason, 'usage': usage}
+        problem = f'the server turned the request down: {e}'
+    return item | (texts or {'skipped': problem}) | {'usage': usage}
 
 
 def estimate(items, c):
@@ -782,32 +883,8 @@ def estimate(items, c):
            f'{tokens_out / 1e6:.2f}M output tokens, {dollars}'
 
 
-def price(c):
-    """USD per million (input, output) tokens for c.model, or None if unknown."""
-    return (c.price_in, c.price_out) if c.price_in >= 0 and c.price_out >= 0 else PRICES.get(c.model)
-
-
-def spent(usage, c):
-    """' ($1.23)' for the tokens used so far, or '' where the price is unknown."""
-    p = price(c)
-    return f' (${(usage["prompt_tokens"] * p[0] + usage["completion_tokens"] * p[1]) / 1e6:,.2f})' if p else ''
-
-
 # The build loop: what is done is read from the log, the rest is described by a bounded pool of threads, each
 # record appended whole and flushed the moment it is ready.
-
-def read_log(path):
-    """The records of a build log. A line cut short by a killed run is removed, so the next append starts clean."""
-    if not os.path.exists(path):
-        return []
-    with open(path, 'rb') as f:
-        raw = f.read()
-    if raw and not raw.endswith(b'\n'):
-        with open(path, 'r+b') as f:
-            f.truncate(raw.rfind(b'\n') + 1)
-        raw = raw[:raw.rfind(b'\n') + 1]
-    return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
-
 
 def describe_all(items, out_dir, c):
     """Describe every item not yet in OUT/build.jsonl. Returns False if the user declined to spend."""
@@ -816,61 +893,11 @@ def describe_all(items, out_dir, c):
     todo = [it for it in items if it['id'] not in done]
     if not todo:
         return True
-    print(('' if not done else f'{len(done):,} images are already done; ') + estimate(todo, c))
-    if not c.yes:
-        if not sys.stdin.isatty():
-            raise UserError('add --yes to start without being asked')
-        if input('go on? [y/N] ').strip().lower() not in ('y', 'yes'):
-            print('nothing was sent')
-            return False
+    if not confirm(('' if not done else f'{len(done):,} images are already done; ') + estimate(todo, c), c):
+        return False
     chat = ChatEndpoint(c.base_url, c.model, c.timeout, c.max_retries)
-    lock = threading.Lock()
-    totals = {'prompt_tokens': 0, 'completion_tokens': 0, 'done': 0, 'skipped': 0}
-
-    def work(item, first=False):
-        if chat.stop.is_set():
-            return
-        try:
-            record = describe_image(chat, item, out_dir, c, first)
-        except Stopped:
-            return
-        except UserError:
-            chat.stop.set()  # no other worker starts a request after a fatal fault
-            raise
-        with lock:  # one whole line at a time, on disk before the next
-            log.write(json.dumps(record) + '\n')
-            log.flush()
-            os.fsync(log.fileno())
-            totals['skipped' if 'skipped' in record else 'done'] += 1
-            for k in ('prompt_tokens', 'completion_tokens'):
-                totals[k] += record['usage'][k]
-
-    with open(log_path, 'a') as log:
-        work(todo[0], first=True)  # alone: a bad key, model or URL costs one request, not one per worker
-        pool, progress = ThreadPoolExecutor(c.workers), Progress()
-        try:
-            for future in as_completed([pool.submit(work, it) for it in todo[1:]]):
-                future.result()
-                progress(f"described {totals['done']:,}, skipped {totals['skipped']:,} of {len(todo):,} | "
-                         f"{totals['prompt_tokens'] + totals['completion_tokens']:,} tokens{spent(totals, c)}")
-        finally:
-            chat.stop.set()  # waiting requests give up; those in flight finish and are written
-            pool.shutdown(cancel_futures=True)
-    progress(f"described {totals['done']:,} images, skipped {totals['skipped']:,}; {totals['prompt_tokens']:,} input and "
-             f"{totals['completion_tokens']:,} output tokens{spent(totals, c)}", last=True)
+    run_jobs(chat, todo, lambda item: describe_image(chat, item, out_dir, c), log_path, c, ('described', 'images', 'skipped'))
     return True
-
-
-class Progress:
-    """One status line rewritten in place, at most once a second, so a log file gets a line a second, not one per image."""
-
-    def __init__(self):
-        self.shown = 0.0
-
-    def __call__(self, text, last=False):
-        if last or time.time() - self.shown >= 1:
-            print('\r' + text, end='\n' if last else '', flush=True)
-            self.shown = time.time()
 
 
 def assign_splits(items, n_test):

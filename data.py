@@ -843,12 +843,15 @@ def read_log(path):
 
 # One image, described: the request, the rules checked, a reply that breaks them sent back with what is wrong.
 
+def request_text(item):
+    captions = item.get('captions')
+    return CAPTIONS_PROMPT.format(captions='\n'.join(f'- {s}' for s in captions)) if captions else IMAGE_PROMPT
+
+
 def user_message(item, out_dir, c):
     """The request about one item: its captions, its picture when there are none (or with --with_image), or both."""
-    captions = item.get('captions')
-    parts = [{'type': 'text', 'text': CAPTIONS_PROMPT.format(captions='\n'.join(f'- {s}' for s in captions))
-              if captions else IMAGE_PROMPT}]
-    if c.with_image or not captions:
+    parts = [{'type': 'text', 'text': request_text(item)}]
+    if c.with_image or not item.get('captions'):
         parts.append(image_content(os.path.join(out_dir, item['image'])))
     return {'role': 'user', 'content': parts}
 
@@ -867,19 +870,15 @@ def describe_image(chat, item, out_dir, c):
     return item | (texts or {'skipped': problem}) | {'usage': usage}
 
 
-def estimate(items, c):
-    """Requests, tokens and dollars a build will take, before any is spent: about 4 characters a token, 85 tokens a
-    low-detail picture, 170 tokens written per reply, and one reply in ten retried."""
-    tokens_in = tokens_out = 0
-    for it in items:
-        text = CAPTIONS_PROMPT.format(captions='\n'.join(it['captions'])) if it.get('captions') else IMAGE_PROMPT
-        tokens_in += (len(SYSTEM_PROMPT) + len(text)) / 4 + (85 if c.with_image or not it.get('captions') else 0)
-        tokens_out += 170
-    tokens_in, tokens_out = tokens_in * 1.1, tokens_out * 1.1
+def estimate(texts, with_image, reply_tokens, c):
+    """What sending one request per text will take, said before any is spent: about 4 characters a token, 85 tokens a
+    low-detail picture (with_image), reply_tokens written per reply, and one reply in ten retried."""
+    tokens_in = 1.1 * sum(len(t) / 4 + (85 if with_image else 0) for t in texts)
+    tokens_out = 1.1 * reply_tokens * len(texts)
     p = price(c)
     dollars = f'about ${(tokens_in * p[0] + tokens_out * p[1]) / 1e6:,.2f} at ${p[0]:g} in and ${p[1]:g} out per ' \
               'million tokens' if p else f'cost unknown: no price for {c.model} (set --price_in and --price_out)'
-    return f'{len(items):,} requests to {c.model} at {c.base_url}: about {tokens_in / 1e6:.2f}M input and ' \
+    return f'{len(texts):,} requests to {c.model} at {c.base_url}: about {tokens_in / 1e6:.2f}M input and ' \
            f'{tokens_out / 1e6:.2f}M output tokens, {dollars}'
 
 
@@ -893,7 +892,8 @@ def describe_all(items, out_dir, c):
     todo = [it for it in items if it['id'] not in done]
     if not todo:
         return True
-    if not confirm(('' if not done else f'{len(done):,} images are already done; ') + estimate(todo, c), c):
+    plan = estimate([SYSTEM_PROMPT + request_text(it) for it in todo], c.with_image or not todo[0].get('captions'), 170, c)
+    if not confirm(('' if not done else f'{len(done):,} images are already done; ') + plan, c):
         return False
     chat = ChatEndpoint(c.base_url, c.model, c.timeout, c.max_retries)
     run_jobs(chat, todo, lambda item: describe_image(chat, item, out_dir, c), log_path, c, ('described', 'images', 'skipped'))

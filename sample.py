@@ -11,8 +11,9 @@ trained a separate model per dataset; one model with a style token is cheaper an
 picks the token; a --prompt is the beginning of the description, which the model continues.
 
 With --jsonl every record of a dataset file is described (images resolved relative to that file) and written to
---out as {"id", "image", "style", "prompt", "text", "reference"}: text is the whole description, the prompt
-included, and reference the record's own description in that style. The record's "scene", if it has one, is copied
+--out as {"id", "image", "style", "prompt", "text", "reference", "dataset"}: text is the whole description, the
+prompt included, reference the record's own description in that style, and dataset the folder of the JSONL (where
+grade.py finds the training text). The record's "scene", if it has one, is copied
 so that grade.py can check the text against the picture. --task=complete is the paper's test: each record of a
 test.jsonl is completed from its own beginning (its "prompts", 6-7 words short, 18-20 long):
 
@@ -121,7 +122,8 @@ def main(argv):
         for i, path, text in zip(batch, paths, texts):
             r = records[i]
             out[i] = {'id': r.get('id', path), 'image': path, 'style': f['style'], 'prompt': prompts[i], 'text': text,
-                      'reference': r.get(f['style'], ''), **({'scene': r['scene']} if 'scene' in r else {})}
+                      'reference': r.get(f['style'], ''), 'dataset': root,
+                      **({'scene': r['scene']} if 'scene' in r else {})}
         print(f'described {sum(o is not None for o in out)}/{len(records)}', end='\r', flush=True)
     data.write_jsonl(f['out'], out)
     print(f'\nwrote {len(out)} descriptions to {f["out"]}')

@@ -130,7 +130,7 @@ class ChatHandler(_Quiet):
         key = (self.headers.get('Authorization') or '').removeprefix('Bearer ')
         with server.lock:
             server.log.append({'time': time.time(), 'body': body, 'key': key})
-            step = server.script.pop(0) if server.script and key == server.key else 'good'
+            step = server.script.pop(0) if server.script and key == server.key else server.default
         if self.path != '/v1/chat/completions':
             return self.error(404, 'Unknown endpoint', 'unknown_url')
         if key != server.key:
@@ -169,7 +169,7 @@ class ChatHandler(_Quiet):
 def chat_server(key='sk-test-0123456789', script=(), delay=0.0):
     """A Chat Completions server that accepts `key`; each request takes the next step of `script` ('good',
     'fenced', 'prose', 'malformed', 'broken', 'refusal', 'long', ('429', seconds), 'quota', '400', '500', '503',
-    ('sleep', seconds), ('content', text)), then 'good' once the script is spent."""
+    ('sleep', seconds), ('content', text)), then server.default ('good') once the script is spent."""
     server = Server(ChatHandler)
-    server.key, server.script, server.delay = key, list(script), delay
+    server.key, server.script, server.delay, server.default = key, list(script), delay, 'good'
     return server

@@ -282,11 +282,11 @@ def test_declining_sends_nothing_and_an_unknown_price_is_said(tmp_path, coco, ch
 
 
 def test_the_estimate_follows_the_prices():
-    c = SimpleNamespace(model='gpt-4o', base_url='u', with_image=False, price_in=1.0, price_out=2.0)
-    items = [{'captions': ['x' * 40] * 5}] * 1000
-    text = data.estimate(items, c)
-    tokens_in = 1.1 * 1000 * (len(data.SYSTEM_PROMPT) + len(data.CAPTIONS_PROMPT.format(captions='\n'.join(['x' * 40] * 5)))) / 4
-    assert f'about ${(tokens_in * 1.0 + 1.1 * 1000 * 170 * 2.0) / 1e6:,.2f} at $1 in and $2 out' in text
+    c = SimpleNamespace(model='gpt-4o', base_url='u', price_in=1.0, price_out=2.0)
+    text = data.estimate(['x' * 400] * 1000, False, 170, c)  # 100 tokens in, 170 out, 10% retried
+    assert text == f'1,000 requests to gpt-4o at u: about 0.11M input and 0.19M output tokens, about ' \
+                   f'${(1.1 * 1000 * 100 * 1.0 + 1.1 * 1000 * 170 * 2.0) / 1e6:,.2f} at $1 in and $2 out per million tokens'
+    assert '0.20M input' in data.estimate(['x' * 400] * 1000, True, 170, c)  # and 85 more a picture
 
 
 def test_no_key_for_openai_is_one_clear_line(tmp_path, coco, run_script):

@@ -117,16 +117,15 @@ def test_grade_cli(samples, run_script, tmp_path):
     result = str(tmp_path / 'grades.json')
     p = run_script('grade.py', samples, '--judge=grounding', f'--json={result}')
     assert p.returncode == 0, p.stderr
-    lines = p.stdout.splitlines()
-    header = lines[0].split()
-    assert 'precision' in header and 'recall' in header
-    row = next(line for line in lines if line.startswith(samples)).split()
-    expected = grade.grounding(data.read_jsonl(samples))
-    assert int(row[header.index('n')]) == 5
-    assert float(row[header.index('precision')]) == pytest.approx(expected['precision'], abs=5e-4)
-    assert float(row[header.index('recall')]) == pytest.approx(expected['recall'], abs=5e-4)
+    header, row = p.stdout.splitlines()
+    assert header.split() == ['samples', 'n', 'facts', 'true', 'objects', 'named', 'precision', 'recall']
+    expected = json.loads(json.dumps(grade.grounding(data.read_jsonl(samples))))
     with open(result) as f:
         assert json.load(f)[samples] == expected
+    cells = row.split()
+    assert cells[:6] == [samples, '5'] + [str(expected[k]) for k in ('facts', 'true', 'objects', 'named')]
+    p = expected['scores']['precision']
+    assert ' '.join(cells[6:9]) == f"{p['mean']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}]"
 
 
 def test_describe_in_process(trained):

@@ -218,12 +218,7 @@ def test_the_datasets_own_descriptions_are_fully_grounded(picturebook):
                for s in data.STYLES]
     r = grade.grounding(records)
     assert r['scores']['precision'] == {'mean': 1.0, 'lo': 1.0, 'hi': 1.0} and r['scores']['recall']['mean'] == 1.0
-    rng = random.Random(5)  # and so are thousands more, of every kind of scene
-    for _ in range(1000):
-        scene = data.random_scene(rng)
-        for style in data.STYLES:
-            text = data.describe_scene(scene, style, rng)
-            assert all(grade.true_of(f, scene) for f in grade.facts(text)), text
+    # (test_data.py checks the same of 400 freshly drawn scenes)
 
 
 def test_grounding_needs_scenes():

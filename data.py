@@ -504,18 +504,23 @@ def add_beginnings(record):
                                  for s in STYLES if record.get(s)}}
 
 
-def load_image(path, size):
-    """An image file as a (size, size, 3) uint8 array; a missing or unreadable file is a UserError."""
+def open_image(path):
+    """An image file as an RGB Pillow image, read whole; a missing or unreadable file is a UserError."""
     if not os.path.exists(path):
         raise UserError(f'image {path} does not exist')
     try:
         with Image.open(path) as im:
-            im = im.convert('RGB')
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BICUBIC)
-            return np.asarray(im, dtype=np.uint8)
+            return im.convert('RGB')
     except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f'cannot read image {path}: {e}')
+
+
+def load_image(path, size):
+    """An image file as a (size, size, 3) uint8 array; a missing or unreadable file is a UserError."""
+    im = open_image(path)
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BICUBIC)
+    return np.asarray(im, dtype=np.uint8)
 
 
 # -----------------------------------------------------------------------------
@@ -557,7 +562,8 @@ FILLER_OPENING = re.compile(r'(oh|wow|look|hey|yay|in this picture|in the pictur
 
 
 def parse_json_reply(text):
-    """The first JSON object in a model's reply, whether bare, in a ```json fence or inside prose; ValueError if none."""
+    """The first JSON object in a model's reply, whether bare, in a ```json fence or inside prose. ValueError if none,
+    saying so in words that can be sent back to the model."""
     decoder = json.JSONDecoder()
     start = text.find('{')
     while start != -1:
@@ -568,7 +574,7 @@ def parse_json_reply(text):
         except json.JSONDecodeError:
             pass
         start = text.find('{', start + 1)
-    raise ValueError('there is no JSON object in it')
+    raise ValueError('the reply is not the JSON object asked for: there is no JSON object in it')
 
 
 def check_descriptions(reply):
@@ -577,7 +583,7 @@ def check_descriptions(reply):
     try:
         obj = parse_json_reply(reply)
     except ValueError as e:
-        return None, f'the reply is not the JSON object asked for: {e}'
+        return None, str(e)
     texts = {}
     for style in STYLES:
         text = obj.get(style)
@@ -604,16 +610,10 @@ def check_descriptions(reply):
 def image_content(path, max_side=512):
     """A picture as a Chat Completions message part: a JPEG at most max_side pixels wide, sent inline at low detail
     (a fixed 85 input tokens on GPT-4o). A missing or unreadable picture is a UserError."""
-    if not os.path.exists(path):
-        raise UserError(f'image {path} does not exist')
-    try:
-        with Image.open(path) as im:
-            im = im.convert('RGB')
-            im.thumbnail((max_side, max_side))
-            buf = io.BytesIO()
-            im.save(buf, format='JPEG', quality=85)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f'cannot read image {path}: {e}')
+    im = open_image(path)
+    im.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    im.save(buf, format='JPEG', quality=85)
     url = 'data:image/jpeg;base64,' + base64.b64encode(buf.getvalue()).decode()
     return {'type': 'image_url', 'image_url': {'url': url, 'detail': 'low'}}
 

@@ -149,7 +149,7 @@ def check_grade(reply, names):
     try:
         obj = data.parse_json_reply(reply)
     except ValueError as e:
-        return None, f'the reply is not the JSON object asked for: {e}'
+        return None, str(e)
     scores = {}
     for name in names:
         value = obj.get(name)

@@ -168,6 +168,47 @@ class VisionEncoder(nn.Module):
         return self.ln_f(x)
 
 
+class BatchNorm(nn.Module):
+    """Standardise each feature over every token of the batch, without learned parameters, as
+    nn.BatchNorm1d(affine=False) does, except that under DDP the statistics are those of the whole global batch
+    (summed over the processes, gradients included), so N processes train exactly as one process would on the
+    union of their batches. Running statistics serve evaluation; momentum None makes them a plain cumulative mean."""
+
+    def __init__(self, n_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.register_buffer('running_mean', torch.zeros(n_features))
+        self.register_buffer('running_var', torch.ones(n_features))
+        self.register_buffer('num_batches_tracked', torch.tensor(0, dtype=torch.long))
+
+    def reset_running_stats(self):
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+        self.num_batches_tracked.zero_()
+
+    def forward(self, x):  # (B, P, C)
+        if not self.training:
+            return (x - self.running_mean) * torch.rsqrt(self.running_var + self.eps)
+        flat = x.reshape(-1, x.size(-1)).float()  # (B*P, C)
+        n = global_sum(flat.new_tensor([flat.size(0)]))
+        mean = global_sum(flat.sum(0)) / n
+        var = global_sum(((flat - mean) ** 2).sum(0)) / n  # two passes: exact even on top of a large constant
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            weight = 1.0 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
+            self.running_mean.lerp_(mean, weight)
+            self.running_var.lerp_(var * n / (n - 1), weight)  # unbiased, as nn.BatchNorm1d keeps it
+        return ((flat - mean) * torch.rsqrt(var + self.eps)).view_as(x).to(x.dtype)
+
+
+def global_sum(t):
+    """t summed over all DDP processes, with gradients flowing back to each (just t outside DDP). A new tensor."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from torch.distributed.nn.functional import all_reduce
+        return all_reduce(t)
+    return t
+
+
 class Connector(nn.Module):
     """Linear + GELU from the encoder's width to the decoder's (the paper), then a BatchNorm without parameters.
     Why the BatchNorm: trained from scratch, the decoder learns language long before the encoder learns to see,
@@ -179,11 +220,10 @@ class Connector(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.fc = nn.Linear(cfg.enc_embd, cfg.n_embd)
-        self.norm = nn.BatchNorm1d(cfg.n_embd, affine=False)
+        self.norm = BatchNorm(cfg.n_embd)
 
     def forward(self, x):  # (B, P, Ce)
-        x = F.gelu(self.fc(x))  # (B, P, C)
-        return self.norm(x.transpose(1, 2)).transpose(1, 2)  # statistics over batch and tokens, per feature
+        return self.norm(F.gelu(self.fc(x)))  # (B, P, C), statistics over batch and tokens, per feature
 
 
 # -----------------------------------------------------------------------------
@@ -306,6 +346,22 @@ class NanoVLM(nn.Module):
         no_decay = [p for p in params if not any(p is q for q in decay)]
         groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == 'cuda')
+
+    def flops_per_image(self, text_len):
+        """Floating-point operations of one training step's forward and backward pass for one image and a text of
+        text_len tokens: every matrix multiply counted as 2 FLOPs a multiply-add (convolutions, linear layers,
+        attention scores and their weighted sum, full-width as scaled_dot_product_attention computes them, and
+        the head), and the backward pass as twice the forward, as in the PaLM paper's MFU."""
+        c, N = self.config, (self.config.img_size // self.config.patch_size) ** 2
+        k1, Ce, C = c.patch_size // 4, c.enc_embd, c.n_embd
+        S = self.n_prefix + text_len  # decoder sequence: visual prefix and text
+
+        def blocks(layers, width, tokens):  # qkv, proj, MLP (12 width^2 weights a token), then attention
+            return layers * (2 * 12 * width * width * tokens + 2 * 2 * tokens * tokens * width)
+        patch = 2 * (c.img_size // k1) ** 2 * 3 * k1 * k1 * (Ce // 2) + 2 * N * (Ce // 2) * 16 * Ce + 2 * N * Ce * Ce
+        forward = (patch + blocks(c.enc_layer, Ce, 1 + N) + 2 * Ce * C * self.n_prefix
+                   + blocks(c.n_layer, C, S) + 2 * C * c.vocab_size * text_len)
+        return 3 * forward
 
     def param_counts(self):
         """Parameters of encoder, connector and decoder (the tied embedding counted once, in the decoder)."""

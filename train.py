@@ -4,13 +4,23 @@ Train a NanoVLM to describe pictures.
     python train.py --size=tiny                                  # CPU, minutes: the picture-book world
     python train.py --size=mini --data_dir=data/coco --device=cuda
     python train.py --size=tiny --init_from=resume               # carry on from out_dir/ckpt.pt
+    torchrun --standalone --nproc_per_node=8 train.py --size=base --data_dir=data/coco   # DDP, one node
 
 Every value below is a default; `--key=value` overrides it (its type is checked) and `--size=NAME` first applies a
 preset: the model fields of model.SIZES[NAME] and the run settings of RUNS[NAME]. Each step trains on one batch of
 images with their short or their long descriptions, styles taking turns; the decoder learns which one to write from
 the style token that starts the text (see data.py). Every eval_interval steps the run measures validation loss,
-prints a few descriptions of validation images so you can watch the model learn, and saves out_dir/ckpt.pt.
+prints a few descriptions of validation images so you can watch the model learn, and saves out_dir/ckpt.pt. Every
+log_interval steps it prints (and appends to out_dir/train_log.jsonl) the loss, the time a step takes and the MFU:
+the share of the hardware's peak FLOP/s that the model's own arithmetic (model.flops_per_image) achieves.
+
+Under torchrun the same script trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs): every process
+reads its own share of each global batch (batch_size images per process and micro-step), gradients are averaged
+once per step (not per micro-step), and only the first process logs and saves. The loss is normalised by the
+target tokens of the whole global batch, and the connector's BatchNorm uses global-batch statistics, so N
+processes take exactly the steps one process would take on the union of their batches (a test checks it).
 """
+import json
 import math
 import os
 import time
@@ -20,9 +30,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 import data
-from model import SIZES, NanoVLM, UserError, VLMConfig, check_config, config_from, parse_flags, pick_device, run_cli
+from model import (SIZES, NanoVLM, UserError, VLMConfig, check_config, config_from, global_sum, parse_flags, pick_device,
+                   run_cli)
 from sample import describe, load_checkpoint
 
 DEFAULTS = dict(
@@ -51,6 +64,7 @@ DEFAULTS = dict(
     device='auto',               # 'auto' picks cuda, then mps, then cpu
     dtype='auto',                # 'auto': bfloat16 autocast on CUDA where supported, else float32
     compile=False,               # torch.compile the model (worth it on a GPU for long runs)
+    peak_flops=0.0,              # FLOP/s that MFU is a share of (0: a known GPU's bf16 peak; measured on a CPU)
     seed=1337,                   # seeds batches, initialisation and sampling
     # model: every VLMConfig field is a flag as well (--n_layer=6 ...); see model.py
     **{k: v for k, v in asdict(VLMConfig(**SIZES['tiny'])).items() if k != 'vocab_size'},
@@ -76,11 +90,13 @@ class Split:
         self.tokens = np.load(tokens_path)
         self.has_style = [np.flatnonzero(self.tokens[:, s, 0] != data.PAD) for s in range(2)]  # records with that text
 
-    def batch(self, style, batch_size, rng, device):
+    def batch(self, style, batch_size, rng, device, rank=0, world=1):
         """Random images and their texts in one style: images (B, S, S, 3) uint8, x and y (B, L) with y = x shifted
-        by one and -1 where there is no next token; L is the longest text in the batch, not the longest overall."""
+        by one and -1 where there is no next token; L is the longest text in the batch, not the longest overall.
+        Under DDP every process draws the same global batch of world * B and reads only its own part of it."""
         s = data.STYLES.index(style)
-        ix = np.sort(rng.choice(self.has_style[s], size=batch_size))  # sorted: the memmap reads forward
+        ix = np.sort(rng.choice(self.has_style[s], size=batch_size * world))  # sorted: the memmap reads forward
+        ix = ix[rank * batch_size:(rank + 1) * batch_size]
         toks = self.tokens[ix, s].astype(np.int64)  # (B, T)
         L = int((toks != data.PAD).sum(1).max())
         x, y = toks[:, :L - 1], toks[:, 1:L].copy()
@@ -111,6 +127,38 @@ def save_checkpoint(path, model, optimizer, tokenizer, step, best_val_loss, c):
              'tokenizer': tokenizer.state(), 'step': step, 'best_val_loss': best_val_loss, 'config': vars(c)}
     torch.save(state, path + '.tmp')
     os.replace(path + '.tmp', path)  # a crash while saving never destroys the last good checkpoint
+
+
+# -----------------------------------------------------------------------------
+# MFU: the model's FLOPs per second as a share of the hardware's peak
+
+GPU_PEAK_BF16 = {  # dense bf16 tensor-core FLOP/s, by a part of the name torch.cuda.get_device_name() gives
+    'H100 PCIe': 756e12, 'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L40S': 362e12, 'L4': 121e12,
+    'A10': 125e12, 'RTX 4090': 165e12, 'RTX 3090': 71e12,
+}
+
+
+def peak_flops(device, dtype, given=0.0):
+    """(FLOP/s, where that figure comes from): --peak_flops if given, a known GPU's bf16 peak, or on a CPU (and
+    an unknown GPU) the best of a few 1024 x 1024 matmuls in the training dtype, measured once at start-up."""
+    if given:
+        return given, 'given by --peak_flops'
+    if device.type == 'cuda':
+        name = torch.cuda.get_device_name(device)
+        for part, flops in GPU_PEAK_BF16.items():
+            if part in name:
+                return flops, f'{name} bf16 peak'
+    n, dtype = 1024, getattr(torch, dtype)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    for _ in range(6):  # the first round warms up
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - t))
+    return best, f'measured: {n}x{n} {dtype} matmul on {device}'.replace('torch.', '')
 
 
 # -----------------------------------------------------------------------------
@@ -163,7 +211,17 @@ def train(c):
         if getattr(c, key) < 1:
             raise UserError(f'--{key} must be at least 1')
     check_config(config_from({**vars(c), 'vocab_size': 1}))  # before any time is spent on data
-    device = pick_device(c.device)
+    ddp = 'RANK' in os.environ  # started by torchrun
+    rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
+    if ddp and (c.device.startswith('cuda') or c.device == 'auto' and torch.cuda.is_available()):
+        device = torch.device(f"cuda:{os.environ['LOCAL_RANK']}")
+        torch.cuda.set_device(device)
+    else:
+        device = pick_device(c.device)
+    if ddp:
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    master = rank == 0
+    log = print if master else lambda *args, **kwargs: None  # one process speaks for all
     dtype = ('bfloat16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32') if c.dtype == 'auto' else c.dtype
     if dtype not in ('float32', 'bfloat16'):
         raise UserError(f'--dtype={c.dtype}: use auto, float32 or bfloat16')
@@ -180,7 +238,12 @@ def train(c):
         for key, value in ckpt['model_args'].items():
             setattr(c, key, value)
         c.data_dir = ckpt['config']['data_dir']
-    tokenizer = ensure_dataset(c)
+    if master:  # the others wait, then find the dataset drawn and prepared
+        tokenizer = ensure_dataset(c)
+    if ddp:
+        dist.barrier()
+    if not master:
+        tokenizer = ensure_dataset(c)
     splits = {name: Split(c.data_dir, name, c.img_size) for name in ('train', 'val')}
     longest = max(s.tokens.shape[2] for s in splits.values())
     if ckpt is None:
@@ -196,29 +259,38 @@ def train(c):
         optimizer.load_state_dict(ckpt['optimizer'])
         step, best_val_loss = ckpt['step'], ckpt['best_val_loss']
         rng = np.random.default_rng([c.seed, step])  # fresh batches, not a replay of the first ones
-        print(f'resuming from {ckpt_path} at step {step}')
+        log(f'resuming from {ckpt_path} at step {step}')
         del ckpt
     counts = model.param_counts()
-    print(f"NanoVLM: {counts['total'] / 1e6:.2f}M parameters (encoder {counts['encoder'] / 1e6:.2f}M, connector "
+    log(f"NanoVLM: {counts['total'] / 1e6:.2f}M parameters (encoder {counts['encoder'] / 1e6:.2f}M, connector "
           f"{counts['connector'] / 1e6:.2f}M, decoder {counts['decoder'] / 1e6:.2f}M), vocabulary {len(tokenizer)}, "
-          f"{model.n_prefix} visual tokens, on {device} in {dtype}")
-    run_model = torch.compile(model) if c.compile else model
+          f"{model.n_prefix} visual tokens, on {device} in {dtype}" + (f', {world} processes' if ddp else ''))
+    eval_model = torch.compile(model) if c.compile else model
+    run_model = DistributedDataParallel(eval_model, device_ids=[device.index] if device.type == 'cuda' else None,
+                                        broadcast_buffers=False) if ddp else eval_model  # BatchNorm syncs itself
+    peak, peak_source = peak_flops(device, dtype, c.peak_flops) if master else (None, '')
+    log(f'MFU is a share of {peak / 1e12:.3g} TFLOP/s ({peak_source})' if peak else f'no MFU: {peak_source}')
+    log_path = os.path.join(c.out_dir, 'train_log.jsonl')
+    if master and c.init_from == 'scratch' and os.path.exists(log_path):
+        os.remove(log_path)  # a new run, a new log
 
     t0 = time.time()
-    t_start, step_start = t0, step
+    t_start, step_start, flops = t0, step, 0
     while True:
         last = step >= c.max_iters
         if step % c.eval_interval == 0 or last:
-            calib_rng = np.random.default_rng(0)
+            calib_rng = np.random.default_rng(0)  # every process calibrates: the BatchNorm sums over them
             model.calibrate(splits['train'].batch('short', c.batch_size, calib_rng, device)[0] for _ in range(20))
-            losses = estimate_loss(run_model, splits, styles, c, device, ctx)
-            print(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in losses.items()))
-            if c.n_samples:
-                show_samples(model, tokenizer, splits['val'], c.n_samples, ctx)
-            val = float(np.mean([v for k, v in losses.items() if k.startswith('val')]))
-            best_val_loss = min(best_val_loss, val)
-            if step > step_start or last:
-                save_checkpoint(ckpt_path, model, optimizer, tokenizer, step, best_val_loss, c)
+            if master:
+                losses = estimate_loss(eval_model, splits, styles, c, device, ctx)
+                print(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in losses.items()))
+                if c.n_samples:
+                    show_samples(model, tokenizer, splits['val'], c.n_samples, ctx)
+                val = float(np.mean([v for k, v in losses.items() if k.startswith('val')]))
+                best_val_loss = min(best_val_loss, val)
+                if step > step_start or last:
+                    save_checkpoint(ckpt_path, model, optimizer, tokenizer, step, best_val_loss, c)
+            t0 = time.time()  # evaluation is not training time
         if last:
             break
         lr = learning_rate(step, c)
@@ -226,24 +298,38 @@ def train(c):
             group['lr'] = lr
         for micro in range(c.grad_accum):
             style = styles[(step * c.grad_accum + micro) % len(styles)]
-            images, x, y = splits['train'].batch(style, c.batch_size, rng, device)
-            with ctx:
-                _, loss = run_model(images, x, y)
-            (loss / c.grad_accum).backward()
+            images, x, y = splits['train'].batch(style, c.batch_size, rng, device, rank, world)
+            # gradients are averaged across processes once, after the last micro-step
+            with run_model.no_sync() if ddp and micro < c.grad_accum - 1 else nullcontext():
+                with ctx:
+                    _, loss = run_model(images, x, y)
+                # mean over the target tokens of the global batch: the same loss however it is split
+                targets = (y != -1).sum()
+                total = global_sum(targets)
+                (loss * targets * world / total / c.grad_accum).backward()
+            flops += c.batch_size * model.flops_per_image(x.size(1))
         if c.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         if step % c.log_interval == 0:
+            loss = (global_sum(loss.detach() * targets) / total).item()  # the global batch's loss
             t1 = time.time()
             ms = (t1 - t0) * 1000 / c.log_interval
+            mfu = flops / (t1 - t0) / peak if peak else None
             eta = (t1 - t_start) / (step - step_start) * (c.max_iters - step)
-            print(f'step {step}/{c.max_iters} | loss {loss.item():.3f} ({style}) | lr {lr:.2e} | {ms:.0f} ms/step | '
-                  f'eta {int(eta // 60)}m{int(eta % 60):02d}s')
-            t0 = t1
-    print(f'done: {step} steps in {time.time() - t_start:.0f}s, checkpoint {ckpt_path}')
+            log(f'step {step}/{c.max_iters} | loss {loss:.3f} ({style}) | lr {lr:.2e} | {ms:.0f} ms/step | '
+                + (f'mfu {100 * mfu:.0f}% | ' if mfu else '') + f'eta {int(eta // 60)}m{int(eta % 60):02d}s')
+            if master:
+                with open(log_path, 'a') as f:
+                    f.write(json.dumps({'step': step, 'loss': loss, 'style': style, 'lr': lr, 'ms': ms, 'mfu': mfu}) + '\n')
+            t0, flops = t1, 0
+    log(f'done: {step} steps in {time.time() - t_start:.0f}s, checkpoint {ckpt_path}')
+    if ddp:
+        dist.destroy_process_group()
     return model
+
 
 
 if __name__ == '__main__':

@@ -200,6 +200,33 @@ def show_samples(model, tokenizer, split, n, ctx):
 
 
 # -----------------------------------------------------------------------------
+# One optimiser step, as train() takes it and bench.py times it
+
+def train_step(run_model, model, optimizer, styles, step, c, ctx, world, get_batch):
+    """c.grad_accum micro-steps, each on get_batch(style) -> (images, x, y), styles taking turns; then clipping and
+    AdamW. run_model is the model as it runs (compiled, wrapped in DDP or neither), model the module underneath.
+    Returns the last micro-step's loss over the global batch (a tensor), its style and the FLOPs of this process."""
+    ddp, flops = world > 1 or isinstance(run_model, DistributedDataParallel), 0
+    for micro in range(c.grad_accum):
+        style = styles[(step * c.grad_accum + micro) % len(styles)]
+        images, x, y = get_batch(style)
+        # gradients are averaged across processes once, after the last micro-step
+        with run_model.no_sync() if ddp and micro < c.grad_accum - 1 else nullcontext():
+            with ctx:
+                _, loss = run_model(images, x, y)
+            # the mean over the target tokens of the global batch: the same loss however the batch is split
+            targets = (y != -1).sum()
+            total = global_sum(targets)
+            (loss * targets * world / total / c.grad_accum).backward()
+        flops += len(images) * model.flops_per_image(x.size(1))
+    if c.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return global_sum(loss.detach() * targets) / total, style, flops
+
+
+# -----------------------------------------------------------------------------
 
 def train(c):
     styles = [s for s in c.styles.split(',') if s]
@@ -296,25 +323,12 @@ def train(c):
         lr = learning_rate(step, c)
         for group in optimizer.param_groups:
             group['lr'] = lr
-        for micro in range(c.grad_accum):
-            style = styles[(step * c.grad_accum + micro) % len(styles)]
-            images, x, y = splits['train'].batch(style, c.batch_size, rng, device, rank, world)
-            # gradients are averaged across processes once, after the last micro-step
-            with run_model.no_sync() if ddp and micro < c.grad_accum - 1 else nullcontext():
-                with ctx:
-                    _, loss = run_model(images, x, y)
-                # mean over the target tokens of the global batch: the same loss however it is split
-                targets = (y != -1).sum()
-                total = global_sum(targets)
-                (loss * targets * world / total / c.grad_accum).backward()
-            flops += c.batch_size * model.flops_per_image(x.size(1))
-        if c.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, style, step_flops = train_step(run_model, model, optimizer, styles, step, c, ctx, world,
+                                             lambda style: splits['train'].batch(style, c.batch_size, rng, device, rank, world))
+        flops += step_flops
         step += 1
         if step % c.log_interval == 0:
-            loss = (global_sum(loss.detach() * targets) / total).item()  # the global batch's loss
+            loss = loss.item()
             t1 = time.time()
             ms = (t1 - t0) * 1000 / c.log_interval
             mfu = flops / (t1 - t0) / peak if peak else None

@@ -31,12 +31,12 @@ def test_two_gloo_processes_match_one_process(picturebook, run_script, tmp_path)
     assert p.returncode == 0, p.stderr
     p = torchrun(*common, '--batch_size=4', f'--out_dir={two}', '--max_iters=6')
     assert p.returncode == 0, p.stderr
-    assert '2 processes' in p.stdout and p.stdout.count('done: 6 steps') == 1  # only the first process speaks
+    assert '2 processes' in p.stdout and p.stdout.count('done: 6 steps') == 1, p.stdout  # only the first one speaks
     a, b = losses(one), losses(two)
-    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 7))
-    assert a[0][1] - a[-1][1] > 0.3  # it learned, so the steps matter
+    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 7)), (a, b)
+    assert a[0][1] - a[-1][1] > 0.3, a  # it learned, so the steps matter
     for (_, x), (_, y) in zip(a, b):
-        assert x == pytest.approx(y, abs=1e-5)
+        assert x == pytest.approx(y, abs=1e-5), (a, b)
     # Resuming under DDP goes on exactly as resuming one process does.
     p = run_script('train.py', *common, '--batch_size=8', f'--out_dir={one}', '--max_iters=9', '--init_from=resume')
     assert p.returncode == 0, p.stderr

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import model
-from model import NanoVLM, VLMConfig
+from model import SIZES, NanoVLM, VLMConfig
 
 
 def make_model(cfg, seed=0, spread=None):
@@ -249,3 +249,23 @@ def test_model_cli_prints_parameter_table(run_script):
         if m:
             rows[m.group(1)] = int(m.group(2).replace(',', ''))
     assert rows == counts, p.stdout
+
+
+@pytest.mark.parametrize('size', ['tiny', 'mini'])
+def test_flops_per_image_is_what_pytorch_counts(size):
+    """The FLOP count MFU rests on equals PyTorch's own count of the forward pass (attention by the math kernel, which
+    the counter can see), and the backward pass costs about twice the forward."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = VLMConfig(**{**SIZES[size], 'vocab_size': 300, 'block_size': 64})
+    model = NanoVLM(cfg)
+    B, T = 2, 37
+    images = torch.randint(0, 256, (B, cfg.img_size, cfg.img_size, 3), dtype=torch.uint8)
+    idx = torch.randint(0, 300, (B, T))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        _, loss = model(images, idx, idx)
+        forward = counter.get_total_flops()
+        loss.backward()
+        both = counter.get_total_flops()
+    assert model.flops_per_image(T) == 3 * forward // B
+    assert both / forward == pytest.approx(3, rel=0.02)  # the pixels need no gradient: a little less than 3

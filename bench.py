@@ -1,0 +1,142 @@
+"""
+How fast is it here? Times training, the wait for data, and generation for a preset, and prints one table.
+
+    python bench.py                                   # tiny, on this machine's CPU
+    python bench.py --size=mini
+    python bench.py --size=base --device=cuda --compile=true
+
+Training: `warmup` untimed optimiser steps, then `steps` timed ones on the real prepared data, each split into the
+wait for its batch (slicing the memory-mapped arrays and copying to the device) and the step itself (train.py's own
+train_step: forward, backward, clipping, AdamW). The table shows medians. MFU is the model's FLOPs per step
+(model.flops_per_image) over the step's time, as a share of the peak (train.peak_flops: on a CPU, the best
+1024x1024 matmul in the same dtype, measured at start-up).
+
+Generation: descriptions per second for `gen_images` images at once, greedy, with the KV cache and without it, in
+both styles, each as long as the median training text of its style (end-of-text is ignored, so every run writes
+the same number of tokens). With and without the cache must write the same tokens.
+
+Every flag of train.py works here too (--size, --data_dir, --batch_size, --device, --dtype, --compile, ...).
+"""
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+import data
+import train
+from model import NanoVLM, UserError, config_from, parse_flags, pick_device, run_cli
+
+DEFAULTS = dict(
+    train.DEFAULTS,
+    steps=20,        # timed training steps
+    warmup=5,        # untimed steps first (allocation, caches, torch.compile)
+    gen_images=32,   # images described at once when timing generation
+)
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def bench_training(model, splits, c, device, dtype, ctx, peak):
+    """Median milliseconds waiting for a batch and taking a step, the FLOPs of a step, and the median MFU."""
+    run_model = torch.compile(model) if c.compile else model
+    optimizer = model.configure_optimizer(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device.type)
+    rng = np.random.default_rng(c.seed)
+    styles = [s for s in c.styles.split(',') if s]
+    waits, steps, flops = [], [], []
+
+    def timed_batch(style):
+        t = time.perf_counter()
+        batch = splits['train'].batch(style, c.batch_size, rng, device)
+        sync(device)
+        waits.append(time.perf_counter() - t)
+        return batch
+
+    for step in range(c.warmup + c.steps):
+        sync(device)
+        t = time.perf_counter()
+        n_waits = len(waits)
+        _, _, step_flops = train.train_step(run_model, model, optimizer, styles, step, c, ctx, 1, timed_batch)
+        sync(device)
+        if step >= c.warmup:
+            steps.append(time.perf_counter() - t - sum(waits[n_waits:]))  # the step without its own waits
+            flops.append(step_flops)
+        else:
+            del waits[n_waits:]
+    wait = float(np.median([sum(waits[i * c.grad_accum:(i + 1) * c.grad_accum]) for i in range(c.steps)]))
+    step = float(np.median(steps))
+    mfu = float(np.median(np.array(flops) / np.array(steps))) / peak if peak else None
+    return {'wait_ms': 1e3 * wait, 'step_ms': 1e3 * step, 'flops': float(np.median(flops)), 'mfu': mfu}
+
+
+@torch.no_grad()
+def bench_generation(model, images, style, new_tokens, ctx, device):
+    """Descriptions per second with and without the KV cache, and whether both wrote the same tokens."""
+    idx = torch.full((len(images), 1), data.STYLE_TOKEN[style], dtype=torch.long, device=device)
+    out, rate = {}, {}
+    for use_cache in (True, False):
+        model.generate(images[:2], idx[:2], 4, temperature=0, use_cache=use_cache)  # warm-up
+        sync(device)
+        t = time.perf_counter()
+        with ctx:
+            out[use_cache] = model.generate(images, idx, new_tokens, temperature=0, use_cache=use_cache)
+        sync(device)
+        rate[use_cache] = len(images) / (time.perf_counter() - t)
+    return rate[True], rate[False], torch.equal(out[True], out[False])
+
+
+def main(argv):
+    c = SimpleNamespace(**parse_flags(DEFAULTS, argv, train.PRESETS))
+    for key in ('steps', 'gen_images', 'batch_size', 'grad_accum'):
+        if getattr(c, key) < 1:
+            raise UserError(f'--{key} must be at least 1')
+    if c.warmup < 0:
+        raise UserError('--warmup cannot be negative')
+    device = pick_device(c.device)
+    dtype = ('bfloat16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32') if c.dtype == 'auto' else c.dtype
+    if dtype not in ('float32', 'bfloat16'):
+        raise UserError(f'--dtype={c.dtype}: use auto, float32 or bfloat16')
+    ctx = nullcontext() if dtype == 'float32' else torch.autocast(device.type, dtype=torch.bfloat16)
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(c.seed)
+    tokenizer = train.ensure_dataset(c)
+    splits = {'train': train.Split(c.data_dir, 'train', c.img_size)}
+    c.block_size = max(c.block_size, splits['train'].tokens.shape[2])
+    model = NanoVLM(config_from({**vars(c), 'vocab_size': len(tokenizer)})).to(device)
+    peak, peak_source = train.peak_flops(device, dtype, c.peak_flops)
+
+    t = bench_training(model, splits, c, device, dtype, ctx, peak)
+    model.eval()
+    images = torch.from_numpy(np.array(splits['train'].images[:c.gen_images])).to(device)  # a copy: the memmap is read-only
+    lengths = (splits['train'].tokens != data.PAD).sum(2)  # (N, 2): style token + text + end-of-text
+    rows = []
+    for s, style in enumerate(data.STYLES):
+        n = int(np.median(lengths[:, s][lengths[:, s] > 0])) - 1
+        cached, uncached, same = bench_generation(model, images, style, n, ctx, device)
+        rows.append((style, n, cached, uncached, same))
+
+    threads = f', {torch.get_num_threads()} threads' if device.type == 'cpu' else ''
+    print(f'bench: {c.size}, {model.param_counts()["total"] / 1e6:.2f}M parameters, batch {c.batch_size}, on {device} in '
+          f'{dtype}{threads}{", compiled" if c.compile else ""}; peak '
+          + (f'{peak / 1e9:,.0f} GFLOP/s ({peak_source})' if peak else peak_source))
+    table = [('training step (median of %d)' % c.steps, f"{t['step_ms']:.1f} ms"),
+             ('waiting for data', f"{t['wait_ms']:.2f} ms ({100 * t['wait_ms'] / (t['wait_ms'] + t['step_ms']):.1f}% of a step)"),
+             ('model FLOPs per step', f"{t['flops'] / 1e9:.1f} GFLOP"),
+             ('MFU', f"{100 * t['mfu']:.0f}%" if t['mfu'] else '-')]
+    for style, n, cached, uncached, same in rows:
+        table += [(f'{style} descriptions/s, KV cache ({c.gen_images} at once, {n} tokens)', f'{cached:,.1f}'),
+                  (f'{style} descriptions/s, no cache', f'{uncached:,.1f}'),
+                  (f'{style}: KV cache speed-up, same greedy output', f"{cached / uncached:.1f}x, {'yes' if same else 'NO'}")]
+    width = max(len(k) for k, _ in table)
+    print(f"| {'measure'.ljust(width)} | value |\n| {'-' * width} | --- |")
+    for k, v in table:
+        print(f'| {k.ljust(width)} | {v} |')
+
+
+if __name__ == '__main__':
+    run_cli(main)

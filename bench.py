@@ -18,7 +18,6 @@ the same number of tokens). With and without the cache must write the same token
 Every flag of train.py works here too (--size, --data_dir, --batch_size, --device, --dtype, --compile, ...).
 """
 import time
-from contextlib import nullcontext
 from types import SimpleNamespace
 
 import numpy as np
@@ -97,12 +96,7 @@ def main(argv):
     if c.warmup < 0:
         raise UserError('--warmup cannot be negative')
     device = pick_device(c.device)
-    dtype = ('bfloat16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32') if c.dtype == 'auto' else c.dtype
-    if dtype not in ('float32', 'bfloat16'):
-        raise UserError(f'--dtype={c.dtype}: use auto, float32 or bfloat16')
-    ctx = nullcontext() if dtype == 'float32' else torch.autocast(device.type, dtype=torch.bfloat16)
-    if device.type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    dtype, ctx = train.precision(device, c.dtype)
     torch.manual_seed(c.seed)
     tokenizer = train.ensure_dataset(c)
     splits = {'train': train.Split(c.data_dir, 'train', c.img_size)}

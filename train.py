@@ -130,7 +130,19 @@ def save_checkpoint(path, model, optimizer, tokenizer, step, best_val_loss, c):
 
 
 # -----------------------------------------------------------------------------
-# MFU: the model's FLOPs per second as a share of the hardware's peak
+# Precision, and MFU: the model's FLOPs per second as a share of the hardware's peak
+
+def precision(device, dtype):
+    """(dtype, autocast context) for --dtype: 'auto' is bfloat16 autocast on a GPU that has it, else float32.
+    On CUDA, float32 matmuls may use TF32 tensor cores as well."""
+    if dtype not in ('auto', 'float32', 'bfloat16'):
+        raise UserError(f'--dtype={dtype}: use auto, float32 or bfloat16')
+    if dtype == 'auto':
+        dtype = 'bfloat16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return dtype, nullcontext() if dtype == 'float32' else torch.autocast(device.type, dtype=torch.bfloat16)
+
 
 GPU_PEAK_BF16 = {  # dense bf16 tensor-core FLOP/s, by a part of the name torch.cuda.get_device_name() gives
     'H100 PCIe': 756e12, 'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'L40S': 362e12, 'L4': 121e12,
@@ -206,7 +218,7 @@ def train_step(run_model, model, optimizer, styles, step, c, ctx, world, get_bat
     """c.grad_accum micro-steps, each on get_batch(style) -> (images, x, y), styles taking turns; then clipping and
     AdamW. run_model is the model as it runs (compiled, wrapped in DDP or neither), model the module underneath.
     Returns the last micro-step's loss over the global batch (a tensor), its style and the FLOPs of this process."""
-    ddp, flops = world > 1 or isinstance(run_model, DistributedDataParallel), 0
+    ddp, flops = isinstance(run_model, DistributedDataParallel), 0
     for micro in range(c.grad_accum):
         style = styles[(step * c.grad_accum + micro) % len(styles)]
         images, x, y = get_batch(style)
@@ -249,12 +261,7 @@ def train(c):
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     master = rank == 0
     log = print if master else lambda *args, **kwargs: None  # one process speaks for all
-    dtype = ('bfloat16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32') if c.dtype == 'auto' else c.dtype
-    if dtype not in ('float32', 'bfloat16'):
-        raise UserError(f'--dtype={c.dtype}: use auto, float32 or bfloat16')
-    ctx = nullcontext() if dtype == 'float32' else torch.autocast(device.type, dtype=torch.bfloat16)
-    if device.type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    dtype, ctx = precision(device, c.dtype)
     torch.manual_seed(c.seed)
     rng = np.random.default_rng(c.seed)
     os.makedirs(c.out_dir, exist_ok=True)

@@ -313,6 +313,7 @@ def train(c):
     while True:
         last = step >= c.max_iters
         if step % c.eval_interval == 0 or last:
+            t_eval = time.time()
             calib_rng = np.random.default_rng(0)  # every process calibrates: the BatchNorm sums over them
             model.calibrate(splits['train'].batch('short', c.batch_size, calib_rng, device)[0] for _ in range(20))
             if master:
@@ -324,7 +325,7 @@ def train(c):
                 best_val_loss = min(best_val_loss, val)
                 if step > step_start or last:
                     save_checkpoint(ckpt_path, model, optimizer, tokenizer, step, best_val_loss, c)
-            t0 = time.time()  # evaluation is not training time
+            t0 += time.time() - t_eval  # evaluation is not training time
         if last:
             break
         lr = learning_rate(step, c)

@@ -202,11 +202,26 @@ class BatchNorm(nn.Module):
 
 
 def global_sum(t):
-    """t summed over all DDP processes, with gradients flowing back to each (just t outside DDP). A new tensor."""
+    """t summed over all DDP processes, with gradients flowing back to each (just t outside DDP)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        from torch.distributed.nn.functional import all_reduce
-        return all_reduce(t)
+        return _AllReduceSum.apply(t)
     return t
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """A sum over processes; its gradient is the sum over processes of the gradients that reach it."""
+
+    @staticmethod
+    def forward(ctx, t):
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
 
 
 class Connector(nn.Module):

@@ -300,8 +300,8 @@ def train(c):
           f"{counts['connector'] / 1e6:.2f}M, decoder {counts['decoder'] / 1e6:.2f}M), vocabulary {len(tokenizer)}, "
           f"{model.n_prefix} visual tokens, on {device} in {dtype}" + (f', {world} processes' if ddp else ''))
     eval_model = torch.compile(model) if c.compile else model
-    run_model = DistributedDataParallel(eval_model, device_ids=[device.index] if device.type == 'cuda' else None,
-                                        broadcast_buffers=False) if ddp else eval_model  # BatchNorm syncs itself
+    run_model = DistributedDataParallel(eval_model, device_ids=[device.index] if device.type == 'cuda' else None) \
+        if ddp else eval_model
     peak, peak_source = peak_flops(device, dtype, c.peak_flops) if master else (None, '')
     log(f'MFU is a share of {peak / 1e12:.3g} TFLOP/s ({peak_source})' if peak else f'no MFU: {peak_source}')
     log_path = os.path.join(c.out_dir, 'train_log.jsonl')
@@ -349,6 +349,7 @@ def train(c):
             t0, flops = t1, 0
     log(f'done: {step} steps in {time.time() - t_start:.0f}s, checkpoint {ckpt_path}')
     if ddp:
+        dist.barrier()  # the first process may still be saving: nobody leaves before it is done
         dist.destroy_process_group()
     return model
 

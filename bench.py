@@ -40,7 +40,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bench_training(model, splits, c, device, dtype, ctx, peak):
+def bench_training(model, splits, c, device, ctx, peak):
     """Median milliseconds waiting for a batch and taking a step, the FLOPs of a step, and the median MFU."""
     run_model = torch.compile(model) if c.compile else model
     optimizer = model.configure_optimizer(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device.type)
@@ -68,7 +68,7 @@ def bench_training(model, splits, c, device, dtype, ctx, peak):
             del waits[n_waits:]
     wait = float(np.median([sum(waits[i * c.grad_accum:(i + 1) * c.grad_accum]) for i in range(c.steps)]))
     step = float(np.median(steps))
-    mfu = float(np.median(np.array(flops) / np.array(steps))) / peak if peak else None
+    mfu = float(np.median(np.array(flops) / np.array(steps))) / peak
     return {'wait_ms': 1e3 * wait, 'step_ms': 1e3 * step, 'flops': float(np.median(flops)), 'mfu': mfu}
 
 
@@ -104,7 +104,7 @@ def main(argv):
     model = NanoVLM(config_from({**vars(c), 'vocab_size': len(tokenizer)})).to(device)
     peak, peak_source = train.peak_flops(device, dtype, c.peak_flops)
 
-    t = bench_training(model, splits, c, device, dtype, ctx, peak)
+    t = bench_training(model, splits, c, device, ctx, peak)
     model.eval()
     images = torch.from_numpy(np.array(splits['train'].images[:c.gen_images])).to(device)  # a copy: the memmap is read-only
     lengths = (splits['train'].tokens != data.PAD).sum(2)  # (N, 2): style token + text + end-of-text
@@ -116,12 +116,11 @@ def main(argv):
 
     threads = f', {torch.get_num_threads()} threads' if device.type == 'cpu' else ''
     print(f'bench: {c.size}, {model.param_counts()["total"] / 1e6:.2f}M parameters, batch {c.batch_size}, on {device} in '
-          f'{dtype}{threads}{", compiled" if c.compile else ""}; peak '
-          + (f'{peak / 1e9:,.0f} GFLOP/s ({peak_source})' if peak else peak_source))
+          f'{dtype}{threads}{", compiled" if c.compile else ""}; peak {peak / 1e9:,.0f} GFLOP/s ({peak_source})')
     table = [('training step (median of %d)' % c.steps, f"{t['step_ms']:.1f} ms"),
              ('waiting for data', f"{t['wait_ms']:.2f} ms ({100 * t['wait_ms'] / (t['wait_ms'] + t['step_ms']):.1f}% of a step)"),
              ('model FLOPs per step', f"{t['flops'] / 1e9:.1f} GFLOP"),
-             ('MFU', f"{100 * t['mfu']:.0f}%" if t['mfu'] else '-')]
+             ('MFU', f"{100 * t['mfu']:.0f}%")]
     for style, n, cached, uncached, same in rows:
         table += [(f'{style} descriptions/s, KV cache ({c.gen_images} at once, {n} tokens)', f'{cached:,.1f}'),
                   (f'{style} descriptions/s, no cache', f'{uncached:,.1f}'),

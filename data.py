@@ -697,10 +697,14 @@ class ChatEndpoint:
 
     def ask(self, messages, check, response_format=None, max_attempts=3, temperature=None):
         """Ask until a reply passes check(reply) -> (value, None) or (None, what is wrong). A reply that fails is sent
-        back with what is wrong, up to max_attempts replies. Returns (value, None, usage) or (None, why, usage)."""
+        back with what is wrong, up to max_attempts replies. Returns (value, None, usage) or (None, why, usage); a
+        request the server turns down (RequestFailed) ends the asking with that as the why."""
         usage = {'prompt_tokens': 0, 'completion_tokens': 0}
         for attempt in range(max_attempts):
-            reply, used = self.complete(messages, response_format, temperature=temperature)
+            try:
+                reply, used = self.complete(messages, response_format, temperature=temperature)
+            except RequestFailed as e:
+                return None, f'the server turned the request down: {e}', usage
             usage = {k: usage[k] + used[k] for k in usage}
             value, problem = check(reply)
             if problem is None:
@@ -858,15 +862,11 @@ def user_message(item, out_dir, c):
 
 def describe_image(chat, item, out_dir, c):
     """The build record of one image: its two descriptions, or why it was skipped; with the tokens it took."""
-    texts, usage = None, {'prompt_tokens': 0, 'completion_tokens': 0}
     try:
         messages = [{'role': 'system', 'content': SYSTEM_PROMPT}, user_message(item, out_dir, c)]
     except UserError as e:  # the picture cannot be read: no request is sent
-        return item | {'skipped': str(e), 'usage': usage}
-    try:
-        texts, problem, usage = chat.ask(messages, check_descriptions, DESCRIPTIONS_FORMAT, c.max_attempts)
-    except RequestFailed as e:
-        problem = f'the server turned the request down: {e}'
+        return item | {'skipped': str(e), 'usage': {'prompt_tokens': 0, 'completion_tokens': 0}}
+    texts, problem, usage = chat.ask(messages, check_descriptions, DESCRIPTIONS_FORMAT, c.max_attempts)
     return item | (texts or {'skipped': problem}) | {'usage': usage}
 
 
@@ -970,10 +970,9 @@ def download(url, path, verify, timeout=60.0, retries=5, show=''):
 def verify_image(path):
     """None if path is a whole, readable image, else what is wrong with it."""
     try:
-        with Image.open(path) as im:
-            im.load()
-    except (OSError, SyntaxError, ValueError) as e:
-        return f'not a readable image ({e})'
+        open_image(path)
+    except UserError as e:
+        return str(e)
 
 
 def verify_zip(path):
@@ -1040,11 +1039,8 @@ def folder_items(c, out_dir):
         raise UserError(f'--images={c.images!r} is not a folder; give the folder of your pictures')
     paths = sorted(os.path.relpath(os.path.join(root, name), c.images) for root, _, names in os.walk(c.images)
                    for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
-    if len(paths) < c.n_test + 2:
-        raise UserError(f'{c.images} has {len(paths)} pictures; at least {c.n_test + 2} are needed with --n_test={c.n_test}')
-    random.Random(c.seed).shuffle(paths)
-    paths = paths[:c.n + c.n_test] if c.n else paths
-    return assign_splits([{'id': p, 'image': os.path.relpath(os.path.join(c.images, p), out_dir)} for p in paths], c.n_test)
+    items = [{'id': p, 'image': os.path.relpath(os.path.join(c.images, p), out_dir)} for p in paths]
+    return pick(items, c, f'{c.images} has {len(items)} pictures')
 
 
 def jsonl_records(c, out_dir):
@@ -1055,22 +1051,27 @@ def jsonl_records(c, out_dir):
         image = os.path.join(root, str(r.get('image', '')))
         texts = {s: ' '.join(r[s].split()) for s in STYLES if isinstance(r.get(s), str) and r[s].strip()}
         problem = 'has no "image"' if not r.get('image') else 'has no "short" or "long" text' if not texts else \
-            f'image {image} does not exist' if not os.path.exists(image) else verify_image(image)
+            verify_image(image)
         if problem:
             skipped.append(f'record {i + 1} {problem}')
         else:
             records.append({'id': str(r.get('id', i)), 'image': os.path.relpath(image, out_dir), **texts})
     if skipped:
         print(f'skipped {len(skipped)} records of {c.path}, e.g. {skipped[0]}')
-    if len(records) < c.n_test + 2:
-        raise UserError(f'{c.path} has {len(records)} usable records; at least {c.n_test + 2} are needed')
-    random.Random(c.seed).shuffle(records)
-    return assign_splits(records[:c.n + c.n_test] if c.n else records, c.n_test)
+    return pick(records, c, f'{c.path} has {len(records)} usable records')
 
 
-def build(c):
-    """Build the dataset c.dataset into its folder, resuming whatever an earlier run of the same command began."""
-    out_dir = c.out or f'data/{c.dataset}'
+def pick(items, c, has):
+    """c.n items (0: all) plus c.n_test, in a random order for the seed, split by assign_splits. has: '... has N
+    pictures', said when there are too few."""
+    if len(items) < c.n_test + 2:
+        raise UserError(f'{has}; at least {c.n_test + 2} are needed with --n_test={c.n_test}')
+    random.Random(c.seed).shuffle(items)
+    return assign_splits(items[:c.n + c.n_test] if c.n else items, c.n_test)
+
+
+def build(c, out_dir):
+    """Build the dataset c.dataset into out_dir, resuming whatever an earlier run of the same command began."""
     os.makedirs(out_dir, exist_ok=True)
     if c.dataset == 'jsonl':
         items = jsonl_records(c, out_dir)
@@ -1231,14 +1232,14 @@ def main(argv):
             raise UserError(f'--{key} must be at least 1')
     if c.timeout <= 0 or c.max_retries < 0:
         raise UserError('--timeout must be positive and --max_retries at least 0')
+    out = c.out or f'data/{c.dataset}'
     if c.dataset == 'picturebook':
-        out = c.out or 'data/picturebook'
         make_picturebook(out, c.n_train, c.n_val, c.n_test, c.img_size, c.seed)
         prepare(out, c.img_size)
     else:
         if c.dataset == 'jsonl' and not c.path:
             raise UserError('--dataset=jsonl needs --path=FILE')
-        build(c)
+        build(c, out)
 
 
 if __name__ == '__main__':

@@ -178,8 +178,8 @@ def cached_grades(path):
 def gpt(records, c):
     """Grade every text that is not in the cache yet, then summarise each file's grades from the cache."""
     cache = cached_grades(c.cache)
-    todo = {grade_key(r, c): r for rs in records.values() for r in rs}
-    todo = {key: r for key, r in todo.items() if key not in cache}
+    keys = {path: [grade_key(r, c) for r in rs] for path, rs in records.items()}
+    todo = {key: r for path, rs in records.items() for key, r in zip(keys[path], rs) if key not in cache}
     total = sum(map(len, records.values()))
     if not todo:
         print(f'all {total:,} grades are in {c.cache}: nothing to send')
@@ -193,12 +193,8 @@ def gpt(records, c):
 
         def grade_one(item):
             key, record = item
-            scores, usage = None, {'prompt_tokens': 0, 'completion_tokens': 0}
-            try:
-                scores, problem, usage = chat.ask(grade_messages(record, c.with_image), lambda reply: check_grade(reply, names),
-                                                  response_format, c.max_attempts, temperature=0)
-            except data.RequestFailed as e:
-                problem = f'the server turned the request down: {e}'
+            scores, problem, usage = chat.ask(grade_messages(record, c.with_image), lambda reply: check_grade(reply, names),
+                                              response_format, c.max_attempts, temperature=0)
             return {'key': key, 'id': record.get('id'), **({'scores': scores} if scores else {'failed': problem}),
                     'usage': usage}
 
@@ -206,7 +202,7 @@ def gpt(records, c):
         cache = cached_grades(c.cache)
     results = {}
     for path, rs in records.items():
-        grades = [cache[key]['scores'] for key in (grade_key(r, c) for r in rs) if key in cache]
+        grades = [cache[key]['scores'] for key in keys[path] if key in cache]
         results[path] = {'judge': 'gpt', 'model': c.model, 'n': len(grades), 'failed': len(rs) - len(grades),
                          'scores': {s: mean_ci([g[s] for g in grades]) for s in score_names(c.with_image)}}
     return results
@@ -341,10 +337,14 @@ class TrainingText:
         return best
 
 
-def rouge(records, train_records):
-    """Each completion's ROUGE-L against its nearest training description of the same style, and the texts that
-    are a training description word for word."""
-    index = {s: TrainingText([r[s] for r in train_records if r.get(s)]) for s in data.STYLES}
+def training_index(train_records):
+    """style -> TrainingText of the training descriptions in that style."""
+    return {s: TrainingText([r[s] for r in train_records if r.get(s)]) for s in data.STYLES}
+
+
+def rouge(records, index):
+    """Each completion's ROUGE-L against its nearest training description of the same style (index: from
+    training_index), and the texts that are a training description word for word."""
     p, r, f, copied = [], [], [], 0
     for rec in records:
         train = index[rec.get('style', 'short')]
@@ -356,12 +356,11 @@ def rouge(records, train_records):
             'scores': {'precision': mean_ci(p), 'recall': mean_ci(r), 'f1': mean_ci(f)}}
 
 
-def training_records(samples, c):
-    """The training descriptions the samples' model learned from: --train, or train.jsonl of their dataset."""
-    path = c.train or os.path.join(samples[0].get('dataset', ''), 'train.jsonl')
+def training_path(samples, c):
+    """Where the training descriptions the samples' model learned from are: --train, or train.jsonl of their dataset."""
     if not c.train and 'dataset' not in samples[0]:
         raise UserError('these samples do not say their dataset; give the training descriptions with --train=FILE')
-    return data.read_jsonl(path)
+    return c.train or os.path.join(samples[0]['dataset'], 'train.jsonl')
 
 
 # -----------------------------------------------------------------------------
@@ -416,7 +415,9 @@ def main(argv):
     elif c.judge == 'grounding':
         results = {path: grounding(rs) for path, rs in records.items()}
     else:
-        results = {path: rouge(rs, training_records(rs, c)) for path, rs in records.items()}
+        train = {path: training_path(rs, c) for path, rs in records.items()}
+        indexes = {t: training_index(data.read_jsonl(t)) for t in set(train.values())}  # once for files that share it
+        results = {path: rouge(rs, indexes[train[path]]) for path, rs in records.items()}
     print(table(results))
     if c.json:
         with open(c.json, 'w') as f:

@@ -13,14 +13,14 @@ picks the token; a --prompt is the beginning of the description, which the model
 With --jsonl every record of a dataset file is described (images resolved relative to that file) and written to
 --out as {"id", "image", "style", "prompt", "text", "reference", "dataset"}: text is the whole description, the
 prompt included, reference the record's own description in that style, and dataset the folder of the JSONL (where
-grade.py finds the training text). The record's "scene", if it has one, is copied
-so that grade.py can check the text against the picture. --task=complete is the paper's test: each record of a
-test.jsonl is completed from its own beginning (its "prompts", 6-7 words short, 18-20 long):
+grade.py finds the training text). The record's "scene", if it has one, is copied so that grade.py can check the
+text against the picture. --task=complete is the paper's test: each record of a test.jsonl is completed from its
+own beginning (its "prompts", 6-7 words short, 18-20 long):
 
     python sample.py --out_dir=out-tiny --jsonl=data/picturebook/test.jsonl --task=complete --style=long --out=long.jsonl
 """
-from itertools import groupby
 import os
+from itertools import groupby
 
 import numpy as np
 import torch

@@ -302,8 +302,10 @@ def train(c):
     eval_model = torch.compile(model) if c.compile else model
     run_model = DistributedDataParallel(eval_model, device_ids=[device.index] if device.type == 'cuda' else None) \
         if ddp else eval_model
-    peak, peak_source = peak_flops(device, dtype, c.peak_flops) if master else (None, '')
-    log(f'MFU is a share of {peak / 1e12:.3g} TFLOP/s ({peak_source})' if peak else f'no MFU: {peak_source}')
+    peak = None  # only the first process measures it and logs
+    if master:
+        peak, peak_source = peak_flops(device, dtype, c.peak_flops)
+        print(f'MFU is a share of {peak / 1e12:.3g} TFLOP/s ({peak_source})')
     log_path = os.path.join(c.out_dir, 'train_log.jsonl')
     if master and c.init_from == 'scratch' and os.path.exists(log_path):
         os.remove(log_path)  # a new run, a new log
@@ -352,7 +354,6 @@ def train(c):
         dist.barrier()  # the first process may still be saving: nobody leaves before it is done
         dist.destroy_process_group()
     return model
-
 
 
 if __name__ == '__main__':

@@ -258,7 +258,7 @@ def test_rouge_flags_a_copied_training_description():
     samples = [{'style': 'short', 'prompt': '', 'text': 'There is a red ball on the grass. The red ball is ready for a game.'},
                {'style': 'short', 'prompt': 'A blue car', 'text': 'A blue car is parked on the snow.'},
                {'style': 'short', 'prompt': '', 'text': 'Something else entirely, new.'}]
-    r = grade.rouge(samples, train)
+    r = grade.rouge(samples, grade.training_index(train))
     assert r['n'] == 3 and r['copied'] == 1
     # completions: all 15 words of a training text (1, 1, 1); "is parked on the snow" against the blue car's 13 words
     # (LCS 4: is parked on the): (4/5, 4/13); nothing shared (0, 0).
@@ -277,7 +277,7 @@ def test_grade_cli_rouge_finds_the_training_text(trained, run_script, tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[0].split() == ['samples', 'n', 'copied', 'precision', 'recall', 'f1']
     train = data.read_jsonl(os.path.join(trained.data_dir, 'train.jsonl'))
-    expected = grade.rouge(data.read_jsonl(out), train)
+    expected = grade.rouge(data.read_jsonl(out), grade.training_index(train))
     assert json.loads((tmp_path / 'r.json').read_text())[out] == json.loads(json.dumps(expected))
     assert np.isfinite(expected['scores']['f1']['mean'])
 

@@ -15,7 +15,9 @@ Generation: descriptions per second for `gen_images` images at once, greedy, wit
 both styles, each as long as the median training text of its style (end-of-text is ignored, so every run writes
 the same number of tokens). With and without the cache must write the same tokens.
 
-Every flag of train.py works here too (--size, --data_dir, --batch_size, --device, --dtype, --compile, ...).
+The flags of train.py that shape a step work here too (--size, the model's fields, --data_dir, --batch_size,
+--grad_accum, the optimiser's, --device, --dtype, --compile, ...); those about a whole run (its length, schedule,
+evaluation and checkpoints) do not apply and are refused as unknown. `python bench.py --help` lists them.
 """
 import time
 from types import SimpleNamespace
@@ -25,14 +27,19 @@ import torch
 
 import data
 import train
-from model import NanoVLM, UserError, config_from, parse_flags, pick_device, run_cli
+from cli import parse_flags, pick_device, run_cli
+from data import Split
+from model import NanoVLM, config_from
 
+RUN_ONLY = ('out_dir', 'init_from', 'max_iters', 'min_lr', 'warmup_iters', 'eval_interval', 'eval_iters',
+            'log_interval', 'n_samples')  # train.py flags about a whole run, which a benchmark has no use for
 DEFAULTS = dict(
-    train.DEFAULTS,
+    {k: v for k, v in train.DEFAULTS.items() if k not in RUN_ONLY},
     steps=20,        # timed training steps
     warmup=5,        # untimed steps first (allocation, caches, torch.compile)
     gen_images=32,   # images described at once when timing generation
 )
+MINIMUM = {**{k: v for k, v in train.MINIMUM.items() if k in DEFAULTS}, 'steps': 1, 'warmup': 0, 'gen_images': 1}
 
 
 def sync(device):
@@ -89,17 +96,12 @@ def bench_generation(model, images, style, new_tokens, ctx, device):
 
 
 def main(argv):
-    c = SimpleNamespace(**parse_flags(DEFAULTS, argv, train.PRESETS))
-    for key in ('steps', 'gen_images', 'batch_size', 'grad_accum'):
-        if getattr(c, key) < 1:
-            raise UserError(f'--{key} must be at least 1')
-    if c.warmup < 0:
-        raise UserError('--warmup cannot be negative')
+    c = SimpleNamespace(**parse_flags(DEFAULTS, argv, train.PRESETS, MINIMUM, __doc__, ['bench', 'train', 'model']))
     device = pick_device(c.device)
     dtype, ctx = train.precision(device, c.dtype)
     torch.manual_seed(c.seed)
-    tokenizer = train.ensure_dataset(c)
-    splits = {'train': train.Split(c.data_dir, 'train', c.img_size)}
+    tokenizer = data.ensure_dataset(c.data_dir, c.img_size)
+    splits = {'train': Split(c.data_dir, 'train', c.img_size)}
     c.block_size = max(c.block_size, splits['train'].tokens.shape[2])
     model = NanoVLM(config_from({**vars(c), 'vocab_size': len(tokenizer)})).to(device)
     peak, peak_source = train.peak_flops(device, dtype, c.peak_flops)

@@ -33,28 +33,22 @@ from types import SimpleNamespace
 
 import numpy as np
 
+import chat
 import data
-from data import COLORS, KINDS, PLURALS, SIZES
-from model import UserError, parse_flags, run_cli
+from cli import UserError, parse_flags, run_cli
+from picturebook import facts, true_of
 
-DEFAULTS = dict(
-    judge='grounding',      # gpt, grounding or rouge
-    json='',                # also write the results as JSON to this file
-    # gpt
-    base_url='https://api.openai.com/v1',  # any OpenAI-compatible server; the key comes from OPENAI_API_KEY
-    model='gpt-4o',         # the paper's judge
-    with_image=False,       # show the judge the picture too, and score how well the text fits it
-    cache='grade_cache.jsonl',  # every grade, appended as it arrives; a rerun sends only what is not in it
-    workers=8,              # requests at once
-    timeout=60.0,           # seconds to wait for a reply before trying again
-    max_retries=6,          # retries of a request after a timeout, 429 or 5xx
-    max_attempts=2,         # replies asked for per text before its grade counts as failed
-    price_in=-1.0,          # USD per million input tokens (-1: the known price of --model)
-    price_out=-1.0,         # USD per million output tokens
-    yes=False,              # start spending without asking
+DEFAULTS = {
+    'judge': 'grounding',   # gpt, grounding or rouge
+    'json': '',             # also write the results as JSON to this file
+    # gpt: the chat model's flags (chat.py), and
+    **chat.FLAGS,
+    'max_attempts': 2,      # replies asked for per text before its grade counts as failed
+    'with_image': False,    # show the judge the picture too, and score how well the text fits it
+    'cache': 'grade_cache.jsonl',  # every grade, appended as it arrives; a rerun sends only what is not in it
     # rouge
-    train='',               # training descriptions to compare with (default: train.jsonl of the samples' dataset)
-)
+    'train': '',            # training descriptions to compare with (default: train.jsonl of the samples' dataset)
+}
 
 
 # -----------------------------------------------------------------------------
@@ -138,7 +132,7 @@ def grade_text(record):
 
 
 def grade_messages(record, with_image):
-    user = [{'type': 'text', 'text': grade_text(record)}] + ([data.image_content(record['image'])] if with_image else [])
+    user = [{'type': 'text', 'text': grade_text(record)}] + ([chat.image_content(record['image'])] if with_image else [])
     return [{'role': 'system', 'content': GRADER_PROMPT.format(picture=PICTURE_SCORE if with_image else '')},
             {'role': 'user', 'content': user}]
 
@@ -147,7 +141,7 @@ def check_grade(reply, names):
     """The scores in a reply, {name: number}, or None and what is wrong with it: every score must be there, a number
     from 1 to 10 (a numeric string such as "7" or "7/10" is read as one)."""
     try:
-        obj = data.parse_json_reply(reply)
+        obj = chat.parse_json_reply(reply)
     except ValueError as e:
         return None, str(e)
     scores = {}
@@ -172,7 +166,7 @@ def grade_key(record, c):
 
 def cached_grades(path):
     """key -> the latest successful grade in the cache (failed grades are asked again)."""
-    return {r['key']: r for r in data.read_log(path) if 'scores' in r}
+    return {r['key']: r for r in chat.read_log(path) if 'scores' in r}
 
 
 def gpt(records, c):
@@ -185,20 +179,20 @@ def gpt(records, c):
         print(f'all {total:,} grades are in {c.cache}: nothing to send')
     else:
         system = GRADER_PROMPT.format(picture=PICTURE_SCORE if c.with_image else '')
-        plan = data.estimate([system + grade_text(r) for r in todo.values()], c.with_image, 120, c)
-        if not data.confirm(f'{len(todo):,} texts to grade ({total - len(todo):,} are in {c.cache}): {plan}', c):
+        plan = chat.estimate([system + grade_text(r) for r in todo.values()], c.with_image, 120, c)
+        if not chat.confirm(f'{len(todo):,} texts to grade ({total - len(todo):,} are in {c.cache}): {plan}', c):
             return None
-        chat = data.ChatEndpoint(c.base_url, c.model, c.timeout, c.max_retries)
+        endpoint = chat.ChatEndpoint(c.base_url, c.model, c.timeout, c.max_retries)
         names, response_format = score_names(c.with_image), grade_format(c.with_image)
 
         def grade_one(item):
             key, record = item
-            scores, problem, usage = chat.ask(grade_messages(record, c.with_image), lambda reply: check_grade(reply, names),
+            scores, problem, usage = endpoint.ask(grade_messages(record, c.with_image), lambda reply: check_grade(reply, names),
                                               response_format, c.max_attempts, temperature=0)
             return {'key': key, 'id': record.get('id'), **({'scores': scores} if scores else {'failed': problem}),
                     'usage': usage}
 
-        data.run_jobs(chat, list(todo.items()), grade_one, c.cache, c, ('graded', 'texts', 'failed'))
+        chat.run_jobs(endpoint, list(todo.items()), grade_one, c.cache, c, ('graded', 'texts', 'failed'))
         cache = cached_grades(c.cache)
     results = {}
     for path, rs in records.items():
@@ -209,56 +203,8 @@ def gpt(records, c):
 
 
 # -----------------------------------------------------------------------------
-# The grounding judge: what a picture-book text states, checked against the scene it describes
-#
-# Facts are read the way the picture-book world writes them: a colour word directly before a kind names an object
-# ("the red ball", "two blue cars"); a size word before that gives its size ("a big red ball"), a number word its
-# count ("two blue cars"). The sky and the ground are read from words the world uses for one sky or ground only.
-
-WORD_KIND = {**{k: k for k in KINDS}, **{p: k for k, p in PLURALS.items()}}  # 'balls' -> 'ball'
-NUMBER_WORDS = {'one': 1, 'two': 2, 'three': 3, 'four': 4}
-SKY_WORDS = {
-    'sunny': ['sunny', 'sun is shining', 'sun shines', 'sun is out', 'sun is up', 'blue sky', 'bright and blue',
-              'sky is blue'],
-    'cloudy': ['cloudy', 'gray', 'clouds float', 'clouds cover', 'clouds in the sky', 'behind the clouds'],
-    'night': ['it is night', 'moon', 'stars', 'dark', 'time for bed', 'sleepy'],
-    'sunset': ['evening', 'going down', 'setting', 'sunset', 'orange and pink', 'glows orange', 'end of the day',
-               'almost over', 'will be night'],
-}
-GROUND_WORDS = {'grass': ['grass'], 'sand': ['sand', 'sandy', 'beach'], 'snow': ['snow', 'cold']}
-
-
-def facts(text):
-    """The facts a text states: ('object', colour, kind), ('size', size, colour, kind), ('count', n, colour, kind),
-    ('sky', sky) and ('ground', ground)."""
-    out = set()
-    for clause in re.split(r'[.!?;:,]', text.lower()):  # a colour ending one clause does not name the next thing
-        words = re.findall(r'[a-z]+', clause)
-        for i in range(len(words) - 1):
-            color, kind = words[i], WORD_KIND.get(words[i + 1])
-            if color in COLORS and kind:
-                out.add(('object', color, kind))
-                before = words[i - 1] if i else ''
-                if before in SIZES:
-                    out.add(('size', before, color, kind))
-                if before in NUMBER_WORDS:
-                    out.add(('count', NUMBER_WORDS[before], color, kind))
-    flat = ' '.join(re.findall(r'[a-z]+', text.lower()))
-    for name, cues in [('sky', SKY_WORDS), ('ground', GROUND_WORDS)]:
-        out |= {(name, value) for value, words in cues.items() if any(re.search(rf'\b{w}\b', flat) for w in words)}
-    return out
-
-
-def true_of(fact, scene):
-    objects = scene['objects']
-    if fact[0] == 'object':
-        return any((o['color'], o['kind']) == fact[1:] for o in objects)
-    if fact[0] == 'size':
-        return any((o['size'], o['color'], o['kind']) == fact[1:] for o in objects)
-    if fact[0] == 'count':
-        return sum((o['color'], o['kind']) == fact[2:] for o in objects) == fact[1]
-    return scene[fact[0]] == fact[1]
-
+# The grounding judge: what a picture-book text states, checked against the scene it describes. The facts are read
+# by picturebook.facts, the same file that writes the descriptions, so the reader knows the writer's language.
 
 def grounding(records):
     """Precision of the stated facts and recall of the picture's objects, pooled over the texts."""
@@ -398,15 +344,13 @@ def table(results):
 
 
 def main(argv):
-    files = [a for a in argv if not a.startswith('--')]
-    c = SimpleNamespace(**parse_flags(DEFAULTS, [a for a in argv if a.startswith('--')]))
+    files = [a for a in argv if not a.startswith('-')]
+    c = SimpleNamespace(**parse_flags(DEFAULTS, [a for a in argv if a.startswith('-')], minimum=chat.MINIMUM,
+                                      doc=__doc__, sources=['grade', 'chat']))
     if not files:
         raise UserError('name at least one samples JSONL file (written by sample.py)')
     if c.judge not in ('gpt', 'grounding', 'rouge'):
         raise UserError(f'unknown judge {c.judge!r}; choose gpt, grounding or rouge')
-    for key in ('workers', 'max_attempts'):
-        if getattr(c, key) < 1:
-            raise UserError(f'--{key} must be at least 1')
     records = {path: read_samples(path) for path in files}
     if c.judge == 'gpt':
         results = gpt(records, c)

@@ -26,7 +26,9 @@ import numpy as np
 import torch
 
 import data
-from model import NanoVLM, UserError, VLMConfig, parse_flags, pick_device, run_cli
+from checkpoint import load_checkpoint, model_from_checkpoint
+from cli import UserError, parse_flags, pick_device, run_cli
+from data import describe
 
 DEFAULTS = dict(
     out_dir='out-tiny',     # folder of the checkpoint (ckpt.pt)
@@ -46,52 +48,15 @@ DEFAULTS = dict(
 )
 
 
-def load_checkpoint(path, device='cpu'):
-    if not os.path.exists(path):
-        raise UserError(f'no checkpoint at {path}; train one with python train.py, or point --out_dir at one')
-    try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:
-        raise UserError(f'cannot read checkpoint {path}: {e}')
-
-
-def model_from_checkpoint(ckpt):
-    """The model and tokenizer a checkpoint holds, ready for inference."""
-    model = NanoVLM(VLMConfig(**ckpt['model_args']))
-    model.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()})
-    return model.eval(), data.Tokenizer.from_state(ckpt['tokenizer'])
-
-
-@torch.no_grad()
-def describe(model, tokenizer, images, style='short', prompt='', temperature=0.7, top_k=20, max_new_tokens=120,
-             use_cache=True):
-    """Descriptions of images (B, S, S, 3) uint8 (numpy or torch), each starting with its prompt: one string for
-    all, or a list of B prompts of the same length in tokens. Returns B strings."""
-    if style not in data.STYLE_TOKEN:
-        raise UserError(f'--style={style}: use short or long')
-    device = next(model.parameters()).device
-    images = torch.as_tensor(np.array(images)).to(device)  # a copy: memory-mapped arrays are read-only
-    prompts = [prompt] * len(images) if isinstance(prompt, str) else prompt
-    starts = [[data.STYLE_TOKEN[style]] + tokenizer.encode(p.rstrip()) for p in prompts]
-    idx = torch.tensor(starts, dtype=torch.long, device=device)  # (B, T): fails unless all have the same length
-    new = model.generate(images, idx, max_new_tokens, temperature=temperature, top_k=top_k, eot=data.EOT,
-                         use_cache=use_cache)
-    return [tokenizer.decode(start[1:] + row) for start, row in zip(starts, new.tolist())]
-
-
 def main(argv):
-    f = parse_flags(DEFAULTS, argv)
+    f = parse_flags(DEFAULTS, argv, minimum={'batch_size': 1, 'max_new_tokens': 1, 'n': 0, 'top_k': 0, 'temperature': 0},
+                    doc=__doc__, sources=['sample'])
     if bool(f['image']) == bool(f['jsonl']):
         raise UserError('give one of --image=PATH or --jsonl=FILE')
     if f['jsonl'] and not f['out']:
         raise UserError('--jsonl needs --out=FILE for the descriptions')
-    for key in ('batch_size', 'max_new_tokens'):
-        if f[key] < 1:
-            raise UserError(f'--{key} must be at least 1')
     if f['task'] not in ('describe', 'complete') or f['task'] == 'complete' and not f['jsonl']:
         raise UserError(f"--task={f['task']}: use describe, or complete with --jsonl")
-    if f['n'] < 0 or f['top_k'] < 0 or f['temperature'] < 0:
-        raise UserError('--n, --top_k and --temperature cannot be negative')
     device = pick_device(f['device'])
     model, tokenizer = model_from_checkpoint(load_checkpoint(os.path.join(f['out_dir'], 'ckpt.pt'), device))
     model.to(device)
@@ -106,7 +71,7 @@ def main(argv):
         missing = [r.get('id') for r in records if f['style'] not in r.get('prompts', {})]
         if missing:
             raise UserError(f"{len(missing)} records of {f['jsonl']} (e.g. {missing[0]}) have no {f['style']} beginning "
-                            "in \"prompts\": use a test.jsonl made by this version of data.py")
+                            "in \"prompts\": use a test.jsonl made by this version of data.py or build.py")
     prompts = [r['prompts'][f['style']] if f['task'] == 'complete' else f['prompt'] for r in records]
     root = os.path.dirname(f['jsonl'])
     out = [None] * len(records)

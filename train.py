@@ -34,15 +34,16 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import data
-from model import (SIZES, NanoVLM, UserError, VLMConfig, check_config, config_from, global_sum, parse_flags, pick_device,
-                   run_cli)
-from sample import describe, load_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
+from cli import UserError, parse_flags, pick_device, run_cli
+from data import Split, describe
+from model import SIZES, NanoVLM, VLMConfig, check_config, config_from, global_sum
 
 DEFAULTS = dict(
     # run
     size='tiny',                 # model preset (model.SIZES) and run settings (RUNS below)
     out_dir='out-tiny',          # where ckpt.pt goes
-    data_dir='data/picturebook', # a dataset folder (data.py); picture-book is drawn here if it is missing
+    data_dir=data.PICTUREBOOK_DIR,  # a dataset folder (data.py, build.py); picture-book is drawn here if it is missing
     init_from='scratch',         # 'scratch' or 'resume' (from out_dir/ckpt.pt)
     styles='short,long',         # which descriptions to train on, taking turns step by step
     eval_interval=500,           # steps between validation, samples and a checkpoint
@@ -76,57 +77,8 @@ RUNS = {  # what --size sets besides the model: the paper's sizes are runs for o
     'large': dict(out_dir='out-large', batch_size=64, max_iters=20000, learning_rate=1e-3, eval_interval=1000),
 }
 PRESETS = {name: {**SIZES[name], **RUNS[name]} for name in SIZES}
-
-
-# -----------------------------------------------------------------------------
-# Data: prepared arrays (data.prepare), sliced into batches without decoding a single image
-
-class Split:
-    """One split's images (N, S, S, 3) uint8 and texts (N, 2, T), memory-mapped."""
-
-    def __init__(self, data_dir, split, img_size):
-        images_path, tokens_path = data.prepared_paths(data_dir, split, img_size)
-        self.images = np.load(images_path, mmap_mode='r')
-        self.tokens = np.load(tokens_path)
-        self.has_style = [np.flatnonzero(self.tokens[:, s, 0] != data.PAD) for s in range(2)]  # records with that text
-
-    def batch(self, style, batch_size, rng, device, rank=0, world=1):
-        """Random images and their texts in one style: images (B, S, S, 3) uint8, x and y (B, L) with y = x shifted
-        by one and -1 where there is no next token; L is the longest text in the batch, not the longest overall.
-        Under DDP every process draws the same global batch of world * B and reads only its own part of it."""
-        s = data.STYLES.index(style)
-        ix = np.sort(rng.choice(self.has_style[s], size=batch_size * world))  # sorted: the memmap reads forward
-        ix = ix[rank * batch_size:(rank + 1) * batch_size]
-        toks = self.tokens[ix, s].astype(np.int64)  # (B, T)
-        L = int((toks != data.PAD).sum(1).max())
-        x, y = toks[:, :L - 1], toks[:, 1:L].copy()
-        y[y == data.PAD] = -1
-        images = torch.from_numpy(self.images[ix])
-        x, y = torch.from_numpy(x), torch.from_numpy(y)
-        if device.type == 'cuda':  # pinned memory lets the copy overlap with compute
-            return images.pin_memory().to(device, non_blocking=True), x.pin_memory().to(device, non_blocking=True), \
-                y.pin_memory().to(device, non_blocking=True)
-        return images.to(device), x.to(device), y.to(device)
-
-
-def ensure_dataset(c):
-    """Draw the picture-book world if it is the dataset asked for and is missing, then prepare the arrays."""
-    if not os.path.exists(os.path.join(c.data_dir, 'train.jsonl')):
-        if os.path.normpath(c.data_dir) != os.path.normpath(DEFAULTS['data_dir']):
-            raise UserError(f'no dataset in {c.data_dir} (train.jsonl missing); build one with data.py')
-        print(f'drawing the picture-book dataset into {c.data_dir} (once)')
-        data.make_picturebook(c.data_dir, img_size=c.img_size)
-    return data.prepare(c.data_dir, c.img_size)
-
-
-# -----------------------------------------------------------------------------
-# Checkpoints: everything needed to sample (config, weights, tokenizer) and to resume (optimiser, step)
-
-def save_checkpoint(path, model, optimizer, tokenizer, step, best_val_loss, c):
-    state = {'model_args': asdict(model.config), 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-             'tokenizer': tokenizer.state(), 'step': step, 'best_val_loss': best_val_loss, 'config': vars(c)}
-    torch.save(state, path + '.tmp')
-    os.replace(path + '.tmp', path)  # a crash while saving never destroys the last good checkpoint
+MINIMUM = {'batch_size': 1, 'grad_accum': 1, 'max_iters': 1, 'eval_interval': 1, 'eval_iters': 1, 'log_interval': 1,
+           'n_samples': 0, 'warmup_iters': 0}  # flags whose smaller values cannot work
 
 
 # -----------------------------------------------------------------------------
@@ -246,9 +198,6 @@ def train(c):
         raise UserError(f'--styles={c.styles}: give short, long or short,long')
     if c.init_from not in ('scratch', 'resume'):
         raise UserError(f"--init_from={c.init_from}: use 'scratch' or 'resume'")
-    for key in ('batch_size', 'grad_accum', 'max_iters', 'eval_interval', 'eval_iters', 'log_interval'):
-        if getattr(c, key) < 1:
-            raise UserError(f'--{key} must be at least 1')
     check_config(config_from({**vars(c), 'vocab_size': 1}))  # before any time is spent on data
     ddp = 'RANK' in os.environ  # started by torchrun
     rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
@@ -273,11 +222,11 @@ def train(c):
             setattr(c, key, value)
         c.data_dir = ckpt['config']['data_dir']
     if master:  # the others wait, then find the dataset drawn and prepared
-        tokenizer = ensure_dataset(c)
+        tokenizer = data.ensure_dataset(c.data_dir, c.img_size)
     if ddp:
         dist.barrier()
     if not master:
-        tokenizer = ensure_dataset(c)
+        tokenizer = data.ensure_dataset(c.data_dir, c.img_size)
     splits = {name: Split(c.data_dir, name, c.img_size) for name in ('train', 'val')}
     longest = max(s.tokens.shape[2] for s in splits.values())
     if ckpt is None:
@@ -326,7 +275,7 @@ def train(c):
                 val = float(np.mean([v for k, v in losses.items() if k.startswith('val')]))
                 best_val_loss = min(best_val_loss, val)
                 if step > step_start or last:
-                    save_checkpoint(ckpt_path, model, optimizer, tokenizer, step, best_val_loss, c)
+                    save_checkpoint(ckpt_path, model, optimizer, tokenizer, step, best_val_loss, vars(c))
             t0 += time.time() - t_eval  # evaluation is not training time
         if last:
             break
@@ -357,4 +306,4 @@ def train(c):
 
 
 if __name__ == '__main__':
-    run_cli(lambda argv: train(SimpleNamespace(**parse_flags(DEFAULTS, argv, PRESETS))))
+    run_cli(lambda argv: train(SimpleNamespace(**parse_flags(DEFAULTS, argv, PRESETS, MINIMUM, __doc__, ['train', 'model']))))

@@ -51,7 +51,7 @@ def tiny():
 
 
 @pytest.fixture(scope='session')
-def picturebook(tmp_path_factory):
+def picturebook_dir(tmp_path_factory):
     """A tiny picture-book dataset at 32 px (64/16/16 records), drawn once per session."""
     import data
     path = str(tmp_path_factory.mktemp('picturebook'))
@@ -60,12 +60,12 @@ def picturebook(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
-def trained(picturebook, tmp_path_factory):
+def trained(picturebook_dir, tmp_path_factory):
     """One tiny model trained for 20 steps by train.py on the picture-book dataset, shared by the end-to-end tests."""
     out_dir = str(tmp_path_factory.mktemp('out'))
-    p = _run('train.py', f'--data_dir={picturebook}', f'--out_dir={out_dir}', *TRAIN_FLAGS)
+    p = _run('train.py', f'--data_dir={picturebook_dir}', f'--out_dir={out_dir}', *TRAIN_FLAGS)
     assert p.returncode == 0, p.stdout + p.stderr
-    return SimpleNamespace(out_dir=out_dir, data_dir=picturebook, stdout=p.stdout, stderr=p.stderr)
+    return SimpleNamespace(out_dir=out_dir, data_dir=picturebook_dir, stdout=p.stdout, stderr=p.stderr)
 
 
 @pytest.fixture(scope='session')

@@ -5,8 +5,8 @@ import train
 from conftest import TINY
 
 
-def test_bench_prints_one_table(run_script, picturebook):
-    p = run_script('bench.py', f'--data_dir={picturebook}', *[f'--{k}={v}' for k, v in TINY.items()],
+def test_bench_prints_one_table(run_script, picturebook_dir):
+    p = run_script('bench.py', f'--data_dir={picturebook_dir}', *[f'--{k}={v}' for k, v in TINY.items()],
                    '--batch_size=4', '--steps=3', '--warmup=1', '--gen_images=3')
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()

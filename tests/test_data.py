@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 import data
-import grade
-from model import UserError
+import picturebook
+from cli import UserError
 
 TEXTS = ['A red ball lies on the grass. The sun is shining.',
          'There are two blue cars on the left and one in the middle. It is night.',
@@ -89,28 +89,28 @@ def test_make_picturebook_is_deterministic(tmp_path):
     assert any(fa[n] != fc[n] for n in fa if n.endswith('.png'))
 
 
-def test_picturebook_records(picturebook):
+def test_picturebook_records(picturebook_dir):
     for split, n in (('train', 64), ('val', 16), ('test', 16)):
-        records = data.read_jsonl(os.path.join(picturebook, f'{split}.jsonl'))
+        records = data.read_jsonl(os.path.join(picturebook_dir, f'{split}.jsonl'))
         assert len(records) == n
         assert len({r['id'] for r in records}) == n
         for r in records:
             assert {'id', 'image', 'short', 'long', 'scene'} <= set(r)
-            with Image.open(os.path.join(picturebook, r['image'])) as im:
+            with Image.open(os.path.join(picturebook_dir, r['image'])) as im:
                 assert im.size == (32, 32) and im.mode == 'RGB'
 
 
-def test_picturebook_test_records_carry_the_completion_beginnings(picturebook):
-    for r in data.read_jsonl(os.path.join(picturebook, 'test.jsonl')):
+def test_picturebook_test_records_carry_the_completion_beginnings(picturebook_dir):
+    for r in data.read_jsonl(os.path.join(picturebook_dir, 'test.jsonl')):
         short, long = r['prompts']['short'], r['prompts']['long']
         assert 6 <= len(short.split()) <= 7 and r['short'].startswith(short)
         assert 18 <= len(long.split()) <= 20 and r['long'].startswith(long)
         assert data.add_beginnings(r)['prompts'] == r['prompts']  # the same on every run
-    assert not any('prompts' in r for r in data.read_jsonl(os.path.join(picturebook, 'train.jsonl')))
+    assert not any('prompts' in r for r in data.read_jsonl(os.path.join(picturebook_dir, 'train.jsonl')))
 
 
-def test_no_val_or_test_scene_in_train(picturebook):
-    keys = {split: [data.scene_key(r['scene']) for r in data.read_jsonl(os.path.join(picturebook, f'{split}.jsonl'))]
+def test_no_val_or_test_scene_in_train(picturebook_dir):
+    keys = {split: [picturebook.scene_key(r['scene']) for r in data.read_jsonl(os.path.join(picturebook_dir, f'{split}.jsonl'))]
             for split in ('train', 'val', 'test')}
     everything = keys['train'] + keys['val'] + keys['test']
     assert len(set(everything)) == len(everything)
@@ -118,11 +118,11 @@ def test_no_val_or_test_scene_in_train(picturebook):
 
 def test_no_val_or_test_scene_in_train_when_scenes_repeat(tmp_path, monkeypatch):
     """With only 40 possible scenes repeats are certain; the splits must still hold distinct scenes."""
-    pool = [data.random_scene(random.Random(i)) for i in range(40)]
-    assert len({data.scene_key(s) for s in pool}) == 40
-    monkeypatch.setattr(data, 'random_scene', lambda rng: json.loads(json.dumps(rng.choice(pool))))
+    pool = [picturebook.random_scene(random.Random(i)) for i in range(40)]
+    assert len({picturebook.scene_key(s) for s in pool}) == 40
+    monkeypatch.setattr(picturebook, 'random_scene', lambda rng: json.loads(json.dumps(rng.choice(pool))))
     data.make_picturebook(str(tmp_path), n_train=20, n_val=8, n_test=8, img_size=16)
-    keys = [data.scene_key(r['scene']) for split in ('train', 'val', 'test')
+    keys = [picturebook.scene_key(r['scene']) for split in ('train', 'val', 'test')
             for r in data.read_jsonl(str(tmp_path / f'{split}.jsonl'))]
     assert len(keys) == 36 and len(set(keys)) == 36
 
@@ -141,9 +141,9 @@ def check_length(text, style):
     assert text[0].isupper() and text.endswith('.'), text
 
 
-def test_dataset_description_lengths(picturebook):
+def test_dataset_description_lengths(picturebook_dir):
     for split in ('train', 'val', 'test'):
-        for r in data.read_jsonl(os.path.join(picturebook, f'{split}.jsonl')):
+        for r in data.read_jsonl(os.path.join(picturebook_dir, f'{split}.jsonl')):
             for style in ('short', 'long'):
                 check_length(r[style], style)
 
@@ -156,8 +156,8 @@ SEEDS = list(range(400)) + [3700, 4769, 5008]
 def scenes_and_texts():
     for seed in SEEDS:
         rng = random.Random(seed)
-        scene = data.random_scene(rng)
-        yield seed, scene, data.describe_scene(scene, 'short', rng), data.describe_scene(scene, 'long', rng)
+        scene = picturebook.random_scene(rng)
+        yield seed, scene, picturebook.describe_scene(scene, 'short', rng), picturebook.describe_scene(scene, 'long', rng)
 
 
 @pytest.fixture(scope='module')
@@ -167,16 +167,16 @@ def described():
 
 def test_random_scenes_are_well_formed(described):
     for seed, scene, _, _ in described:
-        assert scene['sky'] in data.SKIES and scene['ground'] in data.GROUNDS
+        assert scene['sky'] in picturebook.SKIES and scene['ground'] in picturebook.GROUNDS
         assert 1 <= len(scene['objects']) <= 4
         for o in scene['objects']:
-            assert o['kind'] in data.KINDS and o['color'] in data.COLORS
-            assert o['size'] in data.SIZES and o['where'] in data.PLACES
+            assert o['kind'] in picturebook.KINDS and o['color'] in picturebook.COLORS
+            assert o['size'] in picturebook.OBJECT_SIZES and o['where'] in picturebook.PLACES
             if o['kind'] == 'tree':
-                assert o['color'] in data.KIND_COLORS['tree']
-        slots = [('sky' if o['kind'] in data.SKY_KINDS else 'ground', o['where']) for o in scene['objects']]
+                assert o['color'] in picturebook.KIND_COLORS['tree']
+        slots = [('sky' if o['kind'] in picturebook.SKY_KINDS else 'ground', o['where']) for o in scene['objects']]
         assert len(set(slots)) == len(slots), scene  # one object per place in the sky or on the ground
-        places = [data.PLACES.index(o['where']) for o in scene['objects']]
+        places = [picturebook.PLACES.index(o['where']) for o in scene['objects']]
         assert places == sorted(places), scene  # left to right
 
 
@@ -190,20 +190,20 @@ def test_descriptions_state_only_what_is_there(described):
     """Every fact the grounding judge reads in a description is true of the scene: a true text scores 1.0."""
     for seed, scene, short, long in described:
         for text in (short, long):
-            wrong = [f for f in grade.facts(text) if not grade.true_of(f, scene)]
+            wrong = [f for f in picturebook.facts(text) if not picturebook.true_of(f, scene)]
             assert not wrong, (seed, wrong, text)
 
 
 def test_descriptions_name_every_object(described):
     for seed, scene, short, long in described:
         for text in (short, long):
-            named = {f[1:] for f in grade.facts(text) if f[0] == 'object'}
+            named = {f[1:] for f in picturebook.facts(text) if f[0] == 'object'}
             assert {(o['color'], o['kind']) for o in scene['objects']} <= named, (seed, scene, text)
 
 
 def test_description_is_deterministic():
-    scene = data.random_scene(random.Random(3))
-    assert data.describe_scene(scene, 'long', random.Random(5)) == data.describe_scene(scene, 'long', random.Random(5))
+    scene = picturebook.random_scene(random.Random(3))
+    assert picturebook.describe_scene(scene, 'long', random.Random(5)) == picturebook.describe_scene(scene, 'long', random.Random(5))
 
 
 # -----------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def test_load_image_corrupt(tmp_path):
 
 def test_load_image_truncated(tmp_path):
     good = tmp_path / 'good.png'
-    data.draw_scene(data.random_scene(random.Random(0)), 64).save(good)
+    picturebook.draw_scene(picturebook.random_scene(random.Random(0)), 64).save(good)
     cut = tmp_path / 'cut.png'
     cut.write_bytes(good.read_bytes()[:120])
     with pytest.raises(UserError):

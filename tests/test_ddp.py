@@ -24,9 +24,9 @@ def torchrun(*args):
                            'train.py', *args], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
 
 
-def test_two_gloo_processes_match_one_process(picturebook, run_script, tmp_path):
+def test_two_gloo_processes_match_one_process(picturebook_dir, run_script, tmp_path):
     one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
-    common = [f'--data_dir={picturebook}', *FLAGS]
+    common = [f'--data_dir={picturebook_dir}', *FLAGS]
     p = run_script('train.py', *common, '--batch_size=8', f'--out_dir={one}', '--max_iters=6')
     assert p.returncode == 0, p.stderr
     p = torchrun(*common, '--batch_size=4', f'--out_dir={two}', '--max_iters=6')

@@ -1,10 +1,11 @@
-"""Flags (model.parse_flags) and the scripts' one-line errors for mistakes a user can make."""
+"""Flags (cli.parse_flags) and the scripts' one-line errors for mistakes a user can make."""
 from dataclasses import asdict
 
 import pytest
 
-import model
-from model import SIZES, UserError, VLMConfig, parse_flags
+import cli
+from cli import UserError, parse_flags
+from model import SIZES, VLMConfig
 
 DEFAULTS = dict(name='run', n=3, lr=0.5, flag=False)
 
@@ -64,10 +65,10 @@ def test_unknown_size():
 
 
 def test_pick_device():
-    assert model.pick_device('cpu').type == 'cpu'
-    assert model.pick_device('auto').type in ('cpu', 'cuda', 'mps')
+    assert cli.pick_device('cpu').type == 'cpu'
+    assert cli.pick_device('auto').type in ('cpu', 'cuda', 'mps')
     with pytest.raises(UserError):
-        model.pick_device('tpu-of-dreams')
+        cli.pick_device('tpu-of-dreams')
 
 
 def test_train_presets():
@@ -137,11 +138,11 @@ def test_grade_cli_errors(run_script, tmp_path):
 
 @pytest.mark.parametrize('bad', ['--patch_size=6', '--n_head=5', '--eval_interval=0', '--log_interval=0',
                                  '--batch_size=0', '--grad_accum=0'])
-def test_train_impossible_settings(run_script, picturebook, train_flags, tmp_path, bad):
+def test_train_impossible_settings(run_script, picturebook_dir, train_flags, tmp_path, bad):
     """Values of the right type that cannot work are a user's mistake too: one line naming the flag, never a
     traceback, and never a run that silently trains nothing."""
     flags = [f for f in train_flags if not f.startswith(('--max_iters=', '--n_samples='))]
-    p = run_script('train.py', f'--data_dir={picturebook}', f'--out_dir={tmp_path}', *flags, '--max_iters=2',
+    p = run_script('train.py', f'--data_dir={picturebook_dir}', f'--out_dir={tmp_path}', *flags, '--max_iters=2',
                    '--n_samples=0', bad)
     assert_one_line_error(p, bad.split('=')[0].lstrip('-'))
 
@@ -156,7 +157,7 @@ def test_sample_impossible_settings(run_script, trained, tmp_path, bad):
 
 
 @pytest.mark.parametrize('args, words', [
-    (['--dataset=imagenet'], 'choose picturebook, coco, folder or jsonl'),
+    (['--dataset=imagenet'], 'choose coco, folder or jsonl'),
     (['--dataset=folder', '--images=/no/such/folder'], "--images='/no/such/folder' is not a folder"),
     (['--dataset=jsonl'], '--dataset=jsonl needs --path=FILE'),
     (['--dataset=jsonl', '--path=/no/such.jsonl'], '/no/such.jsonl does not exist'),
@@ -164,6 +165,105 @@ def test_sample_impossible_settings(run_script, trained, tmp_path, bad):
     (['--dataset=coco', '--n_test=-3'], '--n_test cannot be negative'),
     (['--dataset=coco', '--timeout=0'], '--timeout must be positive'),
 ])
-def test_data_flag_errors(run_script, tmp_path, args, words):
-    p = run_script('data.py', f'--out={tmp_path / "d"}', *args)
+def test_build_flag_errors(run_script, tmp_path, args, words):
+    p = run_script('build.py', f'--out={tmp_path / "d"}', *args)
     assert p.returncode == 1 and words in p.stderr and 'Traceback' not in p.stderr, p.stderr
+
+
+# -----------------------------------------------------------------------------
+# Command-line conventions: --help everywhere, bare booleans, a close flag named, one bounds mechanism.
+
+SCRIPTS = ['train.py', 'sample.py', 'grade.py', 'data.py', 'build.py', 'bench.py', 'model.py']
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_help_lists_every_flag_with_its_default_and_comment(run_script, script):
+    import importlib
+    module = importlib.import_module(script[:-3])
+    defaults = module.DEFAULTS if hasattr(module, 'DEFAULTS') else {'size': 'mini', **asdict(VLMConfig())}
+    for flag in ('--help', '-h'):
+        p = run_script(script, flag)
+        assert p.returncode == 0 and p.stderr == '', p.stderr
+        lines = p.stdout.splitlines()
+        assert lines[0] == 'usage:' and lines[1].strip().startswith(('python', 'torchrun')), p.stdout
+        for key, value in defaults.items():
+            shown = str(value).lower() if type(value) is bool else str(value)
+            line = next((line for line in lines if line.strip().startswith(f'--{key}={shown} ')), None)
+            assert line is not None, (key, p.stdout)  # a flag with no comment would be printed bare, no space after it
+            assert len(line.split(None, 1)) == 2, (key, line)
+
+
+def test_misspelt_flag_names_the_closest(run_script):
+    p = run_script('train.py', '--max_iter=5')
+    assert_one_line_error(p, '--max_iter', 'did you mean --max_iters?', '--help')
+
+
+def test_bare_boolean_means_true_and_false_still_works():
+    defaults = dict(yes=False, n=1)
+    assert parse_flags(defaults, ['--yes'])['yes'] is True
+    assert parse_flags(defaults, ['--yes=false'])['yes'] is False
+    with pytest.raises(UserError, match='--n needs a value'):
+        parse_flags(defaults, ['--n'])
+
+
+def test_bounds_are_one_mechanism():
+    defaults = dict(batch_size=8, n=0, timeout=1.0)
+    minimum = {'batch_size': 1, 'n': 0, 'timeout': '>0'}
+    with pytest.raises(UserError, match='^--batch_size must be at least 1$'):
+        parse_flags(defaults, ['--batch_size=0'], minimum=minimum)
+    with pytest.raises(UserError, match='^--n cannot be negative$'):
+        parse_flags(defaults, ['--n=-1'], minimum=minimum)
+    with pytest.raises(UserError, match='^--timeout must be positive$'):
+        parse_flags(defaults, ['--timeout=0'], minimum=minimum)
+    assert parse_flags(defaults, ['--timeout=0.3', '--n=0'], minimum=minimum)['timeout'] == 0.3
+
+
+def test_grade_accepts_a_bare_yes(run_script, tmp_path):
+    """Without a terminal the GPT judge asks for --yes; given bare, it is accepted (here the run stops later, at
+    the unreachable server, not at the flag)."""
+    samples = tmp_path / 's.jsonl'
+    samples.write_text('{"id": "a", "image": "x.png", "text": "A red ball."}\n')
+    p = run_script('grade.py', str(samples), '--judge=gpt', '--base_url=http://127.0.0.1:9/v1', '--max_retries=0',
+                   '--timeout=1', f'--cache={tmp_path / "c.jsonl"}')
+    assert_one_line_error(p, 'add --yes')
+    p = run_script('grade.py', str(samples), '--judge=gpt', '--yes', '--base_url=http://127.0.0.1:9/v1',
+                   '--max_retries=0', '--timeout=1', f'--cache={tmp_path / "c.jsonl"}')
+    assert_one_line_error(p, 'cannot reach')
+
+
+def test_bench_refuses_flags_it_would_ignore(run_script):
+    assert_one_line_error(run_script('bench.py', '--max_iters=5'), '--max_iters')
+
+
+# -----------------------------------------------------------------------------
+# The house: a file a sitting, imports one way, the world without torch.
+
+LAYERS = ['cli', 'picturebook', 'data', 'model', 'checkpoint', 'chat', 'build', 'grade', 'train', 'sample', 'bench']
+
+
+def test_modules_are_short_and_import_one_way():
+    import ast
+    import glob
+    import os
+    from conftest import ROOT
+    modules = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, '*.py')))
+    assert sorted(LAYERS) == modules, 'a new module: give it its place in LAYERS'
+    for name in modules:
+        with open(os.path.join(ROOT, name + '.py')) as f:
+            source = f.read()
+        assert source.count('\n') <= 500, f'{name}.py has {source.count(chr(10))} lines'
+        imported = {a.name.split('.')[0] for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
+                    for a in node.names} | {node.module for node in ast.walk(ast.parse(source))
+                                            if isinstance(node, ast.ImportFrom) and node.module}
+        for other in imported & set(modules):
+            assert LAYERS.index(other) < LAYERS.index(name), f'{name}.py imports {other}.py, a higher layer'
+
+
+def test_the_picturebook_world_needs_no_torch():
+    import subprocess
+    import sys
+    from conftest import ROOT
+    code = ("import picturebook, random, sys; s = picturebook.random_scene(random.Random(0)); "
+            "picturebook.draw_scene(s); picturebook.describe_scene(s, 'short', random.Random(0)); "
+            "assert 'torch' not in sys.modules")
+    assert subprocess.run([sys.executable, '-c', code], cwd=ROOT).returncode == 0

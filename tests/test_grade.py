@@ -8,9 +8,11 @@ import random
 import numpy as np
 import pytest
 
+import chat
 import data
 import grade
-from model import UserError
+import picturebook
+from cli import UserError
 from servers import chat_server
 
 KEY = 'sk-test-0123456789'
@@ -20,11 +22,11 @@ KEY = 'sk-test-0123456789'
 # The GPT judge
 
 @pytest.fixture
-def chat(monkeypatch):
+def api(monkeypatch):
     server = chat_server(key=KEY)
     server.default = ('content', json.dumps(marks(7, 7, 7, 7, 7)))
     monkeypatch.setenv('OPENAI_API_KEY', KEY)
-    monkeypatch.setattr(data, 'BACKOFF', 0.01)
+    monkeypatch.setattr(chat, 'BACKOFF', 0.01)
     yield server
     server.close()
 
@@ -42,20 +44,20 @@ def samples(path, n, tag):
 
 
 @pytest.fixture
-def gpt(tmp_path, chat):
+def gpt(tmp_path, api):
     """run(files, *flags): grade.py --judge=gpt against the local server; returns the JSON results."""
     def run(files, *flags):
         results = tmp_path / 'results.json'
-        grade.main([*files, '--judge=gpt', f'--base_url={chat.url}/v1', f'--cache={tmp_path / "cache.jsonl"}',
+        grade.main([*files, '--judge=gpt', f'--base_url={api.url}/v1', f'--cache={tmp_path / "cache.jsonl"}',
                     '--yes=true', f'--json={results}', *flags])
         return json.loads(results.read_text())
     return run
 
 
-def test_gpt_table_means_and_intervals_are_as_computed_by_hand(tmp_path, chat, gpt, capsys):
+def test_gpt_table_means_and_intervals_are_as_computed_by_hand(tmp_path, api, gpt, capsys):
     a, b = samples(tmp_path / 'a.jsonl', 3, 'a'), samples(tmp_path / 'b.jsonl', 3, 'b')
     missing_plot = {k: v for k, v in marks(5, 5, 5, 5, 5).items() if k != 'plot'}
-    chat.script = [('content', json.dumps(marks(8, 7, 5, 9, 6))),
+    api.script = [('content', json.dumps(marks(8, 7, 5, 9, 6))),
                    ('content', f'```json\n{json.dumps(marks(6, 7, 7, 8, 6))}\n```'),               # fenced
                    ('content', f'Here is my grade:\n{json.dumps(marks(7, 7, 9, 7, 6))}\nWell done.'),  # prose around it
                    ('content', json.dumps(marks(9, 1, 1, 1, 1))),
@@ -74,13 +76,13 @@ def test_gpt_table_means_and_intervals_are_as_computed_by_hand(tmp_path, chat, g
     assert table[0].split() == ['samples', 'n', 'failed', 'grammar', 'consistency', 'creativity', 'meaningfulness', 'plot']
     assert table[1].startswith(a) and '7.00 [4.52, 9.48]' in table[1] and '7.00 [2.03, 11.97]' in table[1]
     assert table[2].startswith(b) and '9.50 [3.15, 15.85]' in table[2] and table[2].split()[1:3] == ['2', '1']
-    retry = chat.log[5]['body']['messages']  # the failing reply was sent back with what is wrong
+    retry = api.log[5]['body']['messages']  # the failing reply was sent back with what is wrong
     assert retry[-1]['content'].startswith('Not quite: the "plot" score is missing or not a number')
 
 
-def test_gpt_requests_say_what_the_child_was_given(tmp_path, chat, gpt):
+def test_gpt_requests_say_what_the_child_was_given(tmp_path, api, gpt):
     gpt([samples(tmp_path / 'a.jsonl', 1, 'a')])
-    body = chat.log[0]['body']
+    body = api.log[0]['body']
     assert body['temperature'] == 0 and body['response_format']['json_schema']['schema']['required'] == \
         ['assessment', 'grammar', 'consistency', 'creativity', 'meaningfulness', 'plot']
     system, user = body['messages']
@@ -89,52 +91,52 @@ def test_gpt_requests_say_what_the_child_was_given(tmp_path, chat, gpt):
                                                         'The child\'s part: "rolls to the a dog number 0."'}]
 
 
-def test_gpt_with_the_picture_adds_a_sixth_score(tmp_path, chat, gpt):
+def test_gpt_with_the_picture_adds_a_sixth_score(tmp_path, api, gpt):
     from PIL import Image
     Image.new('RGB', (40, 40), (200, 0, 0)).save(tmp_path / 'x.png')
     path = samples(tmp_path / 'a.jsonl', 2, 'a')
     data.write_jsonl(path, [r | {'image': str(tmp_path / 'x.png')} for r in data.read_jsonl(path)])
-    chat.default = ('content', json.dumps(marks(7, 7, 7, 7, 7, picture=4)))
+    api.default = ('content', json.dumps(marks(7, 7, 7, 7, 7, picture=4)))
     results = gpt([path], '--with_image=true')
     assert results[path]['scores']['picture']['mean'] == 4.0
-    text, image = chat.log[0]['body']['messages'][1]['content']
+    text, image = api.log[0]['body']['messages'][1]['content']
     assert image['image_url']['url'].startswith('data:image/jpeg;base64,')
-    assert 'picture' in chat.log[0]['body']['response_format']['json_schema']['schema']['required']
+    assert 'picture' in api.log[0]['body']['response_format']['json_schema']['schema']['required']
 
 
-def test_gpt_retries_429_5xx_and_timeouts(tmp_path, chat, gpt):
-    chat.script = [('429', 1), '500', '503', ('sleep', 2.0)]
+def test_gpt_retries_429_5xx_and_timeouts(tmp_path, api, gpt):
+    api.script = [('429', 1), '500', '503', ('sleep', 2.0)]
     results = gpt([samples(tmp_path / 'a.jsonl', 3, 'a')], '--workers=1', '--timeout=0.5')
-    assert results[str(tmp_path / 'a.jsonl')]['n'] == 3 and len(chat.log) == 3 + 4
-    assert chat.log[1]['time'] - chat.log[0]['time'] >= 1.0  # Retry-After, not the 0.01 s backoff
+    assert results[str(tmp_path / 'a.jsonl')]['n'] == 3 and len(api.log) == 3 + 4
+    assert api.log[1]['time'] - api.log[0]['time'] >= 1.0  # Retry-After, not the 0.01 s backoff
 
 
-def test_the_cache_makes_a_rerun_free(tmp_path, chat, gpt, capsys):
+def test_the_cache_makes_a_rerun_free(tmp_path, api, gpt, capsys):
     a = samples(tmp_path / 'a.jsonl', 4, 'a')
     first = gpt([a])
-    assert len(chat.log) == 4
-    assert gpt([a]) == first and len(chat.log) == 4  # no request at all
+    assert len(api.log) == 4
+    assert gpt([a]) == first and len(api.log) == 4  # no request at all
     assert 'all 4 grades are in' in capsys.readouterr().out
     records = data.read_jsonl(a)
     records[0]['text'] += ' It is happy.'  # a changed text is a new grade; the rest stay cached
     data.write_jsonl(a, records)
     gpt([a])
-    assert len(chat.log) == 5
+    assert len(api.log) == 5
 
 
-def test_a_failed_grade_is_asked_again_on_the_next_run(tmp_path, chat, gpt):
+def test_a_failed_grade_is_asked_again_on_the_next_run(tmp_path, api, gpt):
     a = samples(tmp_path / 'a.jsonl', 2, 'a')
-    chat.script = [('content', json.dumps(marks(7, 7, 7, 7, 7))), ('content', 'no JSON here'), ('content', 'nor here')]
+    api.script = [('content', json.dumps(marks(7, 7, 7, 7, 7))), ('content', 'no JSON here'), ('content', 'nor here')]
     assert gpt([a], '--workers=1')[a]['failed'] == 1
     result = gpt([a], '--workers=1')
-    assert result[a]['failed'] == 0 and result[a]['n'] == 2 and len(chat.log) == 4
+    assert result[a]['failed'] == 0 and result[a]['n'] == 2 and len(api.log) == 4
 
 
-def test_gpt_invalid_key_stops_at_once(tmp_path, chat, gpt, monkeypatch):
+def test_gpt_invalid_key_stops_at_once(tmp_path, api, gpt, monkeypatch):
     monkeypatch.setenv('OPENAI_API_KEY', 'sk-wrong')
     with pytest.raises(UserError, match='refused the API key'):
         gpt([samples(tmp_path / 'a.jsonl', 5, 'a')])
-    assert len(chat.log) == 1
+    assert len(api.log) == 1
 
 
 def test_check_grade():
@@ -173,16 +175,16 @@ NIGHT_TEXT = 'There are a big yellow kite and a small brown dog in the picture. 
 
 
 def test_facts_a_text_states():
-    assert grade.facts(NIGHT_TEXT) == {('object', 'yellow', 'kite'), ('size', 'big', 'yellow', 'kite'),
+    assert picturebook.facts(NIGHT_TEXT) == {('object', 'yellow', 'kite'), ('size', 'big', 'yellow', 'kite'),
                                        ('object', 'brown', 'dog'), ('size', 'small', 'brown', 'dog'),
                                        ('sky', 'night'), ('ground', 'snow')}
-    assert grade.facts('Two blue cars; three yellow kites fly.') == {
+    assert picturebook.facts('Two blue cars; three yellow kites fly.') == {
         ('object', 'blue', 'car'), ('count', 2, 'blue', 'car'), ('object', 'yellow', 'kite'), ('count', 3, 'yellow', 'kite')}
-    assert grade.facts('The ball is red. A big dog. A red big ball.') == set()  # no colour just before a kind
+    assert picturebook.facts('The ball is red. A big dog. A red big ball.') == set()  # no colour just before a kind
     # A colour ending one sentence does not name the next thing: "...soft and green. Birds like..."
-    assert grade.facts('The grass is soft and green. Birds like to rest in the yellow tree.') == {
+    assert picturebook.facts('The grass is soft and green. Birds like to rest in the yellow tree.') == {
         ('object', 'yellow', 'tree'), ('ground', 'grass')}
-    assert grade.facts('The red balloon is going up to the clouds.') == {('object', 'red', 'balloon')}  # not "cloudy"
+    assert picturebook.facts('The red balloon is going up to the clouds.') == {('object', 'red', 'balloon')}  # not "cloudy"
 
 
 def test_grounding_hand_counted():
@@ -213,8 +215,8 @@ def test_grounding_pools_over_texts_and_resamples_them_for_the_interval():
     assert r['scores']['recall']['mean'] == pytest.approx(2 / 7)
 
 
-def test_the_datasets_own_descriptions_are_fully_grounded(picturebook):
-    records = [{'text': r[s], 'scene': r['scene']} for r in data.read_jsonl(os.path.join(picturebook, 'train.jsonl'))
+def test_the_datasets_own_descriptions_are_fully_grounded(picturebook_dir):
+    records = [{'text': r[s], 'scene': r['scene']} for r in data.read_jsonl(os.path.join(picturebook_dir, 'train.jsonl'))
                for s in data.STYLES]
     r = grade.grounding(records)
     assert r['scores']['precision'] == {'mean': 1.0, 'lo': 1.0, 'hi': 1.0} and r['scores']['recall']['mean'] == 1.0

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import model
+from cli import UserError
 from model import SIZES, NanoVLM, VLMConfig
 
 
@@ -219,7 +220,7 @@ def test_optimizer_groups(tiny):
 
 
 def test_bad_visual_tokens_is_user_error(tiny):
-    with pytest.raises(model.UserError, match='visual_tokens'):
+    with pytest.raises(UserError, match='visual_tokens'):
         NanoVLM(tiny(visual_tokens='some'))
 
 

@@ -1,0 +1,350 @@
+"""
+Build the paper's datasets from photos: ShortDesc and LongDesc, written by a chat model in a young child's words.
+
+The paper's recipe: about 28k COCO images, each with five human captions; GPT-4o read the captions and wrote a
+young child's description of the scene, once short and once long. Here the same for COCO (--dataset=coco), for
+any folder of pictures (--dataset=folder: the model looks at each picture, as there are no captions), and for
+texts a user already has (--dataset=jsonl: no model at all). Any OpenAI-compatible server can stand in for
+GPT-4o (--base_url, --model): a local open model costs nothing.
+
+A build takes hours and costs money, so it never loses work: each finished image is appended to OUT/build.jsonl
+and flushed at once, a rerun skips what is there, and the split files are written from that log at the end.
+
+The result is a dataset folder in data.py's format (train/val/test.jsonl beside the pictures), which train.py,
+sample.py and grade.py read like any other. The chat model is reached through chat.py, as grade.py reaches its judge.
+
+    python build.py --dataset=coco --n=28000                # the paper's datasets (GPT-4o, OPENAI_API_KEY)
+    python build.py --dataset=coco --n=28000 --with_image   # GPT-4o also sees the photo, not only the captions
+    python build.py --dataset=folder --images=~/photos --base_url=http://localhost:8000/v1 --model=qwen2.5-vl
+    python build.py --dataset=jsonl --path=mine.jsonl       # {"image": "a.jpg", "short": "...", "long": "..."}
+"""
+import json
+import os
+import random
+import re
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from types import SimpleNamespace
+
+import requests
+
+import chat
+from cli import UserError, parse_flags, run_cli
+from data import add_beginnings, open_image, read_jsonl, write_jsonl
+from picturebook import LENGTHS, STYLES, sentence_count, word_count
+
+# -----------------------------------------------------------------------------
+# The prompts, and the rules every reply must keep
+
+SYSTEM_PROMPT = """\
+You write the text of a picture book for children who are three or four years old.
+Use only simple words that such a child knows, and short, simple sentences.
+Describe one consistent scene: what is in the picture, what the people or animals are doing, and, if you like,
+what they might feel or want. Never say anything the picture does not show.
+Be imaginative and fresh: begin each description in your own way. Never open with filler such as "Oh", "Wow",
+"Look", "In this picture" or "This is". No exclamation marks, no quotation marks, no lists, no names.
+Reply with one JSON object and nothing else: {"short": "...", "long": "..."}, where
+short is 20 to 25 words in 2 or 3 sentences, and long is 60 to 70 words in 5 or 6 sentences."""
+
+CAPTIONS_PROMPT = """\
+Five people each wrote a caption for the same photo:
+{captions}
+Where they disagree, keep what most of them say. Write the short and the long description of the photo."""
+
+IMAGE_PROMPT = "Write the short and the long description of this picture."
+
+DESCRIPTIONS_FORMAT = {  # structured output: the server must reply with exactly this JSON object
+    'type': 'json_schema',
+    'json_schema': {'name': 'descriptions', 'strict': True, 'schema': {
+        'type': 'object', 'additionalProperties': False, 'required': STYLES,
+        'properties': {s: {'type': 'string'} for s in STYLES}}},
+}
+FILLER_OPENING = re.compile(r'(oh|wow|look|hey|yay|in this picture|in the picture)\b', re.IGNORECASE)
+
+
+def check_descriptions(reply):
+    """The descriptions in a reply as {'short', 'long'}, or None and what is wrong, in words the model is told on a
+    retry: each must have the style's number of words and sentences, be one plain paragraph and open freshly."""
+    try:
+        obj = chat.parse_json_reply(reply)
+    except ValueError as e:
+        return None, str(e)
+    texts = {}
+    for style in STYLES:
+        text = obj.get(style)
+        if not isinstance(text, str) or not text.strip():
+            return None, f'the JSON object has no "{style}" description'
+        lo, hi, smin, smax = LENGTHS[style]
+        flat = ' '.join(text.split())
+        words, sentences = word_count(flat), sentence_count(flat)
+        if not lo <= words <= hi:
+            return None, f'the {style} description has {words} words; it must have {lo} to {hi}'
+        if not smin <= sentences <= smax:
+            return None, f'the {style} description has {sentences} sentences; it must have {smin} to {smax}'
+        if '\n' in text.strip() or re.match(r'\s*([-*•]|\d+[.)])\s', text):
+            return None, f'the {style} description is a list; it must be one plain paragraph'
+        if re.search(r'["“”«»]', flat) or '!' in flat:
+            return None, f'the {style} description has quotation or exclamation marks; it must have none'
+        filler = FILLER_OPENING.match(flat)
+        if filler:
+            return None, f'the {style} description opens with filler ("{filler.group()}"); begin it another way'
+        texts[style] = flat
+    return texts, None
+
+
+# -----------------------------------------------------------------------------
+# One image, described: the request, the rules checked, a reply that breaks them sent back with what is wrong.
+
+def request_text(item):
+    captions = item.get('captions')
+    return CAPTIONS_PROMPT.format(captions='\n'.join(f'- {s}' for s in captions)) if captions else IMAGE_PROMPT
+
+
+def user_message(item, out_dir, c):
+    """The request about one item: its captions, its picture when there are none (or with --with_image), or both."""
+    parts = [{'type': 'text', 'text': request_text(item)}]
+    if c.with_image or not item.get('captions'):
+        parts.append(chat.image_content(os.path.join(out_dir, item['image'])))
+    return {'role': 'user', 'content': parts}
+
+
+def describe_image(endpoint, item, out_dir, c):
+    """The build record of one image: its two descriptions, or why it was skipped; with the tokens it took."""
+    try:
+        messages = [{'role': 'system', 'content': SYSTEM_PROMPT}, user_message(item, out_dir, c)]
+    except UserError as e:  # the picture cannot be read: no request is sent
+        return item | {'skipped': str(e), 'usage': {'prompt_tokens': 0, 'completion_tokens': 0}}
+    texts, problem, usage = endpoint.ask(messages, check_descriptions, DESCRIPTIONS_FORMAT, c.max_attempts)
+    return item | (texts or {'skipped': problem}) | {'usage': usage}
+
+
+# The build loop: what is done is read from the log, the rest is described by a bounded pool of threads, each
+# record appended whole and flushed the moment it is ready.
+
+def describe_all(items, out_dir, c):
+    """Describe every item not yet in OUT/build.jsonl. Returns False if the user declined to spend."""
+    log_path = os.path.join(out_dir, 'build.jsonl')
+    done = {r['id'] for r in chat.read_log(log_path)}
+    todo = [it for it in items if it['id'] not in done]
+    if not todo:
+        return True
+    plan = chat.estimate([SYSTEM_PROMPT + request_text(it) for it in todo], c.with_image or not todo[0].get('captions'), 170, c)
+    if not chat.confirm(('' if not done else f'{len(done):,} images are already done; ') + plan, c):
+        return False
+    endpoint = chat.ChatEndpoint(c.base_url, c.model, c.timeout, c.max_retries)
+    chat.run_jobs(endpoint, todo, lambda item: describe_image(endpoint, item, out_dir, c), log_path, c,
+                  ('described', 'images', 'skipped'))
+    return True
+
+
+def assign_splits(items, n_test):
+    """Items in a seeded random order become n_test test items, then 10% validation, the rest training (the paper's
+    90/10). In place: each item gets a 'split'."""
+    n_val = max(1, round(0.1 * (len(items) - n_test))) if len(items) - n_test >= 2 else 0
+    for i, it in enumerate(items):
+        it['split'] = 'test' if i < n_test else 'val' if i < n_test + n_val else 'train'
+    return items
+
+
+def write_splits(out_dir, items, records):
+    """train/val/test.jsonl from the finished records, in the items' order; test records get their beginnings."""
+    by_id = {r['id']: r for r in records if 'skipped' not in r}
+    for split in ('train', 'val', 'test'):
+        rows = [{k: v for k, v in by_id[it['id']].items() if k not in ('split', 'usage')}
+                for it in items if it['split'] == split and it['id'] in by_id]
+        write_jsonl(os.path.join(out_dir, f'{split}.jsonl'), [add_beginnings(r) for r in rows] if split == 'test' else rows)
+    skipped = [r for r in records if 'skipped' in r]
+    counts = {s: sum(it['split'] == s and it['id'] in by_id for it in items) for s in ('train', 'val', 'test')}
+    print(f"wrote {counts['train']:,}/{counts['val']:,}/{counts['test']:,} train/val/test records to {out_dir}"
+          + (f'; {len(skipped):,} images skipped (reasons in build.jsonl), e.g. {skipped[0]["skipped"]}' if skipped else ''))
+
+
+# -----------------------------------------------------------------------------
+# The sources: where the images (and captions) come from.
+
+def download(url, path, verify, timeout=60.0, retries=5, show=''):
+    """Stream url to path. A partial download (path.part) is resumed with an HTTP Range request, and a file only takes
+    its final name after its length and verify(path.part) have passed, so a file at path is always whole. With
+    show, a progress line of that name."""
+    if os.path.exists(path):
+        return
+    part, problem, progress = path + '.part', '', chat.Progress()
+    for attempt in range(retries + 1):
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        try:
+            with requests.get(url, headers={'Range': f'bytes={have}-'} if have else {}, stream=True,
+                              timeout=(10, timeout)) as r:
+                if r.status_code == 416:  # the part is already whole, or the server changed the file: start again
+                    os.remove(part)
+                    continue
+                if r.status_code not in (200, 206):
+                    problem = f'HTTP {r.status_code}'
+                    if r.status_code < 500 and r.status_code != 429:
+                        break
+                    raise requests.ConnectionError(problem)
+                if r.status_code == 200:
+                    have = 0  # the server ignored the range: the whole file comes again
+                total = have + int(r.headers['Content-Length']) if 'Content-Length' in r.headers else None
+                with open(part, 'ab' if have else 'wb') as f:
+                    for chunk in r.iter_content(1 << 16):
+                        f.write(chunk)
+                        if show:
+                            progress(f'{show}: {f.tell() / 1e6:,.1f}' + (f' of {total / 1e6:,.1f}' if total else '') + ' MB')
+            if total is not None and os.path.getsize(part) != total:
+                raise requests.ConnectionError(f'got {os.path.getsize(part)} of {total} bytes')
+            problem = verify(part)
+            if not problem:
+                os.replace(part, path)
+                if show:
+                    progress(f'{show}: {os.path.getsize(path) / 1e6:,.1f} MB, verified', last=True)
+                return
+            os.remove(part)
+        except (requests.RequestException, OSError) as e:
+            problem = str(e)
+        time.sleep(min(60.0, chat.BACKOFF * 2 ** attempt))
+    raise chat.RequestFailed(f'cannot download {url}: {problem}')
+
+
+def verify_image(path):
+    """None if path is a whole, readable image, else what is wrong with it."""
+    try:
+        open_image(path)
+    except UserError as e:
+        return str(e)
+
+
+def verify_zip(path):
+    """None if path is a whole zip archive (every member's checksum is right), else what is wrong with it."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        return f'{bad} in the archive is corrupt' if bad else None
+    except zipfile.BadZipFile as e:
+        return f'not a zip archive ({e})'
+
+
+def coco_items(c, out_dir):
+    """c.n + c.n_test COCO train2017 images with at least five captions, picked at random for the seed; the caption
+    annotations (241 MB) and just those images are downloaded, not the 18 GB archive."""
+    zip_path = os.path.join(out_dir, 'annotations_trainval2017.zip')
+    try:
+        download(f'{c.coco_url}/annotations/annotations_trainval2017.zip', zip_path, verify_zip, c.timeout,
+                 show='downloading the COCO annotations')
+    except chat.RequestFailed as e:
+        raise UserError(f'{e}; run again to resume the download')
+    with zipfile.ZipFile(zip_path) as z, z.open('annotations/captions_train2017.json') as f:
+        ann = json.load(f)
+    captions = {}
+    for a in sorted(ann['annotations'], key=lambda a: a['id']):
+        captions.setdefault(a['image_id'], []).append(' '.join(a['caption'].split()))
+    files = {im['id']: im['file_name'] for im in ann['images']}
+    eligible = sorted(i for i, caps in captions.items() if len(caps) >= 5 and i in files)
+    n = c.n or 28000
+    if n + c.n_test > len(eligible):
+        raise UserError(f'COCO has {len(eligible):,} images with five captions, fewer than --n={n} plus '
+                        f'--n_test={c.n_test}; ask for fewer')
+    chosen = random.Random(c.seed).sample(eligible, n + c.n_test)
+    items = assign_splits([{'id': f'coco-{i}', 'image': f'images/{files[i]}', 'captions': captions[i][:5]}
+                           for i in chosen], c.n_test)
+    os.makedirs(os.path.join(out_dir, 'images'), exist_ok=True)
+    missing = [it for it in items if not os.path.exists(os.path.join(out_dir, it['image']))]
+    failed = []
+
+    def fetch(it):
+        try:
+            download(f"{c.coco_url}/train2017/{os.path.basename(it['image'])}", os.path.join(out_dir, it['image']),
+                     verify_image, c.timeout)
+        except chat.RequestFailed as e:
+            failed.append((it['id'], str(e)))
+
+    progress = chat.Progress()
+    with ThreadPoolExecutor(c.workers) as pool:
+        for k, _ in enumerate(as_completed([pool.submit(fetch, it) for it in missing]), 1):
+            progress(f'downloading images: {k:,}/{len(missing):,}')
+    if missing:
+        progress(f'downloaded {len(missing) - len(failed):,} images' + (
+            f'; {len(failed)} failed, e.g. {failed[0][1]} (run again to retry them)' if failed else ''), last=True)
+    gone = {i for i, _ in failed}
+    return [it for it in items if it['id'] not in gone]
+
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif')
+
+
+def folder_items(c, out_dir):
+    """The pictures in a folder (and its subfolders), c.n of them (0: all) plus c.n_test, picked for the seed."""
+    if not c.images or not os.path.isdir(c.images):
+        raise UserError(f'--images={c.images!r} is not a folder; give the folder of your pictures')
+    paths = sorted(os.path.relpath(os.path.join(root, name), c.images) for root, _, names in os.walk(c.images)
+                   for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+    items = [{'id': p, 'image': os.path.relpath(os.path.join(c.images, p), out_dir)} for p in paths]
+    return pick(items, c, f'{c.images} has {len(items)} pictures')
+
+
+def jsonl_records(c, out_dir):
+    """Records of a JSONL the user has: each an "image" path (relative to that file, or absolute) and a "short"
+    and/or "long" text. Records without a readable image or a text are skipped, and said so."""
+    records, root, skipped = [], os.path.dirname(os.path.abspath(c.path)), []
+    for i, r in enumerate(read_jsonl(c.path)):
+        image = os.path.join(root, str(r.get('image', '')))
+        texts = {s: ' '.join(r[s].split()) for s in STYLES if isinstance(r.get(s), str) and r[s].strip()}
+        problem = 'has no "image"' if not r.get('image') else 'has no "short" or "long" text' if not texts else \
+            verify_image(image)
+        if problem:
+            skipped.append(f'record {i + 1} {problem}')
+        else:
+            records.append({'id': str(r.get('id', i)), 'image': os.path.relpath(image, out_dir), **texts})
+    if skipped:
+        print(f'skipped {len(skipped)} records of {c.path}, e.g. {skipped[0]}')
+    return pick(records, c, f'{c.path} has {len(records)} usable records')
+
+
+def pick(items, c, has):
+    """c.n items (0: all) plus c.n_test, in a random order for the seed, split by assign_splits. has: '... has N
+    pictures', said when there are too few."""
+    if len(items) < c.n_test + 2:
+        raise UserError(f'{has}; at least {c.n_test + 2} are needed with --n_test={c.n_test}')
+    random.Random(c.seed).shuffle(items)
+    return assign_splits(items[:c.n + c.n_test] if c.n else items, c.n_test)
+
+
+def build(c, out_dir):
+    """Build the dataset c.dataset into out_dir, resuming whatever an earlier run of the same command began."""
+    os.makedirs(out_dir, exist_ok=True)
+    if c.dataset == 'jsonl':
+        items = jsonl_records(c, out_dir)
+        return write_splits(out_dir, items, items)
+    items = coco_items(c, out_dir) if c.dataset == 'coco' else folder_items(c, out_dir)
+    if describe_all(items, out_dir, c):
+        write_splits(out_dir, items, chat.read_log(os.path.join(out_dir, 'build.jsonl')))
+
+
+# -----------------------------------------------------------------------------
+
+DEFAULTS = dict(
+    dataset='coco',         # coco, folder or jsonl
+    out='',                 # the dataset folder (default: data/DATASET)
+    seed=1337,              # which images are picked and how they are split
+    n=0,                    # images besides the test ones, split 90/10 into train and val as in the paper (0: 28000 for coco, all there are for folder and jsonl)
+    n_test=25,              # held-out test images (the paper's 25)
+    images='',              # folder: the folder of pictures
+    path='',                # jsonl: the file of {"image", "short", "long"} records
+    coco_url='http://images.cocodataset.org',  # coco: where the annotations and images are downloaded from
+    with_image=False,       # coco: send the picture along with its five captions
+    **chat.FLAGS,           # the chat model that writes the descriptions (chat.py)
+)
+
+
+def main(argv):
+    c = SimpleNamespace(**parse_flags(DEFAULTS, argv, minimum={'n': 0, 'n_test': 0, **chat.MINIMUM},
+                                      doc=__doc__, sources=['build', 'chat']))
+    if c.dataset not in ('coco', 'folder', 'jsonl'):
+        raise UserError(f'--dataset={c.dataset}: choose coco, folder or jsonl (python data.py draws the picture-book world)')
+    if c.dataset == 'jsonl' and not c.path:
+        raise UserError('--dataset=jsonl needs --path=FILE')
+    build(c, c.out or f'data/{c.dataset}')
+
+
+if __name__ == '__main__':
+    run_cli(main)

@@ -1,0 +1,321 @@
+"""
+One client for any OpenAI-compatible Chat Completions server, shared by build.py (writing descriptions) and
+grade.py (grading them): GPT-4o as in the paper, or a local open model.
+
+Calls to a paid API cost money and fail in many ways, so this file is about never paying twice and never losing
+what was paid for. In order:
+  1. the flags both scripts take, declared once;
+  2. the endpoint: one request, retried with backoff that honours Retry-After; faults no retry can fix stop the run;
+  3. replies: the JSON object in a reply, and a picture as part of a request;
+  4. money: the price of a model, an estimate said before anything is sent, and a question before spending;
+  5. many requests: a pool of workers that appends each result to a log the moment it arrives, so an interrupted
+     run keeps everything it paid for and the same command goes on where it stopped.
+"""
+import base64
+import datetime
+import email.utils
+import io
+import json
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import requests
+
+from cli import UserError
+from data import open_image
+
+# -----------------------------------------------------------------------------
+# 1. The flags of every script that calls a chat model (build.py, grade.py add their own)
+
+FLAGS = dict(
+    base_url='https://api.openai.com/v1',  # any OpenAI-compatible server; the key comes from OPENAI_API_KEY
+    model='gpt-4o',         # the paper's writer and judge
+    workers=8,              # requests (and downloads) at once
+    timeout=60.0,           # seconds to wait for a reply before trying again
+    max_retries=6,          # retries of a request after a timeout, 429 or 5xx
+    max_attempts=3,         # replies asked for per item before it counts as failed (a reply that breaks the rules is sent back)
+    price_in=-1.0,          # USD per million input tokens, for the estimate (-1: the known price of --model)
+    price_out=-1.0,         # USD per million output tokens
+    yes=False,              # start spending without asking
+)
+MINIMUM = {'workers': 1, 'max_attempts': 1, 'max_retries': 0, 'timeout': '>0'}  # impossible values of FLAGS
+
+# -----------------------------------------------------------------------------
+# 2. The endpoint. Faults split three ways: a request the server turned down is that image's problem (RequestFailed:
+# the image is recorded as skipped); a fault no retry can fix (a refused key, no quota, an unknown model, a server
+# that stays down) stops the whole run at once (UserError), before it burns through the dataset; everything else
+# (429, 5xx, timeouts, dropped connections) is retried with exponential backoff that honours Retry-After.
+
+BACKOFF = 1.0  # seconds before the first retry; doubled each time, at most a minute
+
+
+class RequestFailed(Exception):
+    """The server turned this one request down (a 4xx other than a key, quota or model fault)."""
+
+
+class Stopped(Exception):
+    """The run is stopping (Ctrl-C or a fatal fault elsewhere): this request gives up and records nothing."""
+
+
+class ChatEndpoint:
+    """An OpenAI-compatible Chat Completions endpoint, called from many threads at once."""
+
+    def __init__(self, base_url, model, timeout=60.0, max_retries=6):
+        self.url = base_url.rstrip('/') + '/chat/completions'
+        self.model, self.timeout, self.max_retries = model, timeout, max_retries
+        self.key = os.environ.get('OPENAI_API_KEY', '')
+        if not self.key and 'api.openai.com' in base_url:
+            raise UserError('set OPENAI_API_KEY to your OpenAI API key, or point --base_url at a local server')
+        self.stop = threading.Event()  # set to make every waiting request give up: Ctrl-C, or a fatal fault
+        self.answered = False  # until the server has answered once, a request it turns down stops the run
+
+    def redact(self, text):
+        """Text safe to print or store: the API key never appears in logs, errors or files."""
+        return text.replace(self.key, '[OPENAI_API_KEY]') if self.key else text
+
+    def complete(self, messages, response_format=None, max_tokens=600, temperature=None):
+        """The reply's text and its token usage {'prompt_tokens', 'completion_tokens'}."""
+        body = {'model': self.model, 'messages': messages, 'max_tokens': max_tokens}
+        if response_format:
+            body['response_format'] = response_format
+        if temperature is not None:
+            body['temperature'] = temperature
+        headers = {'Authorization': f'Bearer {self.key}'} if self.key else {}
+        for attempt in range(self.max_retries + 1):
+            if self.stop.is_set():
+                raise Stopped
+            wait = min(60.0, BACKOFF * 2 ** attempt)
+            try:
+                r = requests.post(self.url, json=body, headers=headers, timeout=(10, self.timeout))
+            except requests.Timeout:
+                problem = f'no reply within {self.timeout:g}s'
+            except requests.ConnectionError as e:
+                problem = f'cannot reach {self.url} ({type(e).__name__})'
+            else:
+                if r.status_code == 200:
+                    try:
+                        reply = r.json()
+                        message = reply['choices'][0]['message']
+                        used = reply.get('usage') or {}
+                        usage = {k: int(used.get(k) or 0) for k in ('prompt_tokens', 'completion_tokens')}
+                    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                        message = None
+                    self.answered = self.answered or isinstance(message, dict)
+                    if isinstance(message, dict) and message.get('refusal'):  # structured outputs' way to say no
+                        raise RequestFailed(f"the model refused: {message['refusal']}")
+                    if isinstance(message, dict) and isinstance(message.get('content'), str):
+                        return message['content'], usage
+                    problem = 'the server sent a reply that is not a Chat Completions response'
+                else:
+                    problem = self._fault(r)
+                    wait = _retry_after(r) or wait
+            if attempt < self.max_retries:
+                self.stop.wait(wait)
+        raise UserError(f'{problem}, {self.max_retries + 1} times in a row; finished work is saved: '
+                        'run the same command again to go on')
+
+    def ask(self, messages, check, response_format=None, max_attempts=3, temperature=None):
+        """Ask until a reply passes check(reply) -> (value, None) or (None, what is wrong). A reply that fails is sent
+        back with what is wrong, up to max_attempts replies. Returns (value, None, usage) or (None, why, usage); a
+        request the server turns down (RequestFailed) ends the asking with that as the why."""
+        usage = {'prompt_tokens': 0, 'completion_tokens': 0}
+        for attempt in range(max_attempts):
+            try:
+                reply, used = self.complete(messages, response_format, temperature=temperature)
+            except RequestFailed as e:
+                return None, f'the server turned the request down: {e}', usage
+            usage = {k: usage[k] + used[k] for k in usage}
+            value, problem = check(reply)
+            if problem is None:
+                return value, None, usage
+            messages = messages + [{'role': 'assistant', 'content': reply},
+                                   {'role': 'user', 'content': f'Not quite: {problem}. Answer again, keeping every rule.'}]
+        return None, f'{max_attempts} replies broke the rules, the last because {problem}', usage
+
+    def _fault(self, r):
+        """What an HTTP error means, said in one line; raises for the faults a retry cannot fix."""
+        try:
+            error = r.json().get('error') or {}
+            message, code = str(error.get('message', '')), str(error.get('code') or error.get('type') or '')
+        except (ValueError, AttributeError):
+            message, code = r.text[:200], ''
+        said = self.redact(f'HTTP {r.status_code}' + (f': {message}' if message else ''))
+        if r.status_code in (401, 403):
+            raise UserError(f'the server refused the API key ({said}); set OPENAI_API_KEY to a valid key')
+        if r.status_code == 429 and 'quota' in code + message:
+            raise UserError(f'the account has no quota left ({said}); add credit or use another key')
+        if r.status_code == 404:
+            raise UserError(f'{self.url} or model {self.model!r} does not exist ({said}); check --base_url and --model')
+        if r.status_code != 429 and r.status_code < 500:
+            if not self.answered:  # the first request: more of the same would be turned down too
+                raise UserError(f'the server turned down the first request ({said}); check --base_url and --model, '
+                                'and that the server supports JSON-schema replies (response_format)')
+            raise RequestFailed(said)
+        return said
+
+
+def _retry_after(r):
+    """Seconds the server asked us to wait (Retry-After as seconds or an HTTP date), at most 5 minutes; None if unsaid."""
+    value = r.headers.get('Retry-After')
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return min(300.0, max(0.0, seconds))
+
+
+# -----------------------------------------------------------------------------
+# 3. Replies and pictures
+
+def parse_json_reply(text):
+    """The first JSON object in a model's reply, whether bare, in a ```json fence or inside prose. ValueError if none,
+    saying so in words that can be sent back to the model."""
+    decoder = json.JSONDecoder()
+    start = text.find('{')
+    while start != -1:
+        try:
+            obj, _ = decoder.raw_decode(text, start)
+            if isinstance(obj, dict):
+                return obj
+        except json.JSONDecodeError:
+            pass
+        start = text.find('{', start + 1)
+    raise ValueError('the reply is not the JSON object asked for: there is no JSON object in it')
+
+
+def image_content(path, max_side=512):
+    """A picture as a Chat Completions message part: a JPEG at most max_side pixels wide, sent inline at low detail
+    (a fixed 85 input tokens on GPT-4o). A missing or unreadable picture is a UserError."""
+    im = open_image(path)
+    im.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    im.save(buf, format='JPEG', quality=85)
+    url = 'data:image/jpeg;base64,' + base64.b64encode(buf.getvalue()).decode()
+    return {'type': 'image_url', 'image_url': {'url': url, 'detail': 'low'}}
+
+
+# -----------------------------------------------------------------------------
+# 4. Money: what a run will cost, said before anything is sent
+
+PRICES = {  # USD per million input and output tokens, OpenAI's list prices in 2025; check yours, or set --price_in/out
+    'gpt-4o': (2.50, 10.00), 'gpt-4o-mini': (0.15, 0.60), 'gpt-4.1': (2.00, 8.00), 'gpt-4.1-mini': (0.40, 1.60),
+    'gpt-4.1-nano': (0.10, 0.40),
+}
+
+
+def price(c):
+    """USD per million (input, output) tokens for c.model, or None if unknown."""
+    return (c.price_in, c.price_out) if c.price_in >= 0 and c.price_out >= 0 else PRICES.get(c.model)
+
+
+def spent(usage, c):
+    """' ($1.23)' for the tokens used so far, or '' where the price is unknown."""
+    p = price(c)
+    return f' (${(usage["prompt_tokens"] * p[0] + usage["completion_tokens"] * p[1]) / 1e6:,.2f})' if p else ''
+
+
+def confirm(plan, c):
+    """Say what a run will spend and ask to go on, unless c.yes. False if the user says no."""
+    print(plan)
+    if c.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise UserError('add --yes to start without being asked')
+    if input('go on? [y/N] ').strip().lower() in ('y', 'yes'):
+        return True
+    print('nothing was sent')
+    return False
+
+
+def estimate(texts, with_image, reply_tokens, c):
+    """What sending one request per text will take, said before any is spent: about 4 characters a token, 85 tokens a
+    low-detail picture (with_image), reply_tokens written per reply, and one reply in ten retried."""
+    tokens_in = 1.1 * sum(len(t) / 4 + (85 if with_image else 0) for t in texts)
+    tokens_out = 1.1 * reply_tokens * len(texts)
+    p = price(c)
+    dollars = f'about ${(tokens_in * p[0] + tokens_out * p[1]) / 1e6:,.2f} at ${p[0]:g} in and ${p[1]:g} out per ' \
+              'million tokens' if p else f'cost unknown: no price for {c.model} (set --price_in and --price_out)'
+    return f'{len(texts):,} requests to {c.model} at {c.base_url}: about {tokens_in / 1e6:.2f}M input and ' \
+           f'{tokens_out / 1e6:.2f}M output tokens, {dollars}'
+
+
+# -----------------------------------------------------------------------------
+# 5. Many requests at once, every result on disk the moment it arrives
+
+def run_jobs(chat, todo, job, log_path, c, words):
+    """job(item) -> record, for every item, by c.workers threads at once. Each record is appended to log_path
+    and flushed to disk the moment it is made, so an interrupted run keeps everything it paid for. The first item
+    goes alone: a wrong key, model or URL costs one request, not one per worker. words: ('described', 'images',
+    'skipped') says what the progress line counts; a record with a 'skipped' or 'failed' reason counts as the last."""
+    lock = threading.Lock()
+    totals = {'prompt_tokens': 0, 'completion_tokens': 0, 'done': 0, 'bad': 0}
+
+    def work(item):
+        if chat.stop.is_set():
+            return
+        try:
+            record = job(item)
+        except Stopped:
+            return
+        except UserError:
+            chat.stop.set()  # no other worker starts a request after a fatal fault
+            raise
+        with lock:  # one whole line at a time, on disk before the next
+            log.write(json.dumps(record) + '\n')
+            log.flush()
+            os.fsync(log.fileno())
+            totals['bad' if 'skipped' in record or 'failed' in record else 'done'] += 1
+            for k in ('prompt_tokens', 'completion_tokens'):
+                totals[k] += record['usage'][k]
+
+    done, what, bad = words
+    progress = Progress()
+    with open(log_path, 'a') as log:
+        work(todo[0])
+        pool = ThreadPoolExecutor(c.workers)
+        try:
+            for future in as_completed([pool.submit(work, it) for it in todo[1:]]):
+                future.result()
+                progress(f"{done} {totals['done']:,}, {bad} {totals['bad']:,} of {len(todo):,} | "
+                         f"{totals['prompt_tokens'] + totals['completion_tokens']:,} tokens{spent(totals, c)}")
+        finally:
+            chat.stop.set()  # waiting requests give up; those in flight finish and are written
+            pool.shutdown(cancel_futures=True)
+    progress(f"{done} {totals['done']:,} {what}, {bad} {totals['bad']:,}; {totals['prompt_tokens']:,} input and "
+             f"{totals['completion_tokens']:,} output tokens{spent(totals, c)}", last=True)
+    return totals
+
+
+class Progress:
+    """One status line rewritten in place, at most once a second, so a log file gets a line a second, not one per image."""
+
+    def __init__(self):
+        self.shown = 0.0
+
+    def __call__(self, text, last=False):
+        if last or time.time() - self.shown >= 1:
+            print('\r' + text, end='\n' if last else '', flush=True)
+            self.shown = time.time()
+
+
+def read_log(path):
+    """The records of a log that run_jobs appends to. A line cut short by a killed run is removed, so that the next
+    append starts on a line of its own."""
+    if not os.path.exists(path):
+        return []
+    with open(path, 'rb') as f:
+        raw = f.read()
+    if raw and not raw.endswith(b'\n'):
+        with open(path, 'r+b') as f:
+            f.truncate(raw.rfind(b'\n') + 1)
+        raw = raw[:raw.rfind(b'\n') + 1]
+    return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]

@@ -1,0 +1,136 @@
+"""
+The command line every script shares, kept apart from the model as nanoGPT keeps its configurator apart.
+
+A script's settings are a plain dict of defaults, each with a one-line comment beside it in the source. A user
+overrides any of them as --key=value (the value is converted to the default's type), a boolean as a bare --key,
+and --size=NAME first applies a preset, so explicit flags win over it. --help prints the script's usage lines (the
+indented commands of its docstring) and every flag with its default and its comment, read from the source.
+
+A mistake the user can make (a flag, a path, a file) is a UserError, and run_cli prints it as one line. The
+--device flag means the same everywhere (pick_device).
+"""
+import difflib
+import os
+import re
+import sys
+
+
+class UserError(Exception):
+    """Something the user can fix (a flag, a path, a file): printed as one line, never a traceback."""
+
+
+class ShowHelp(Exception):
+    """--help or -h was given: run_cli prints the help and exits 0."""
+
+
+def parse_flags(defaults, argv, presets=None, minimum=None, doc='', sources=()):
+    """Return defaults overridden by argv.
+
+    presets:  NAME -> dict of values that --size=NAME applies before the explicit flags (keys not in defaults are
+              left out, so one preset table can serve scripts that take fewer flags).
+    minimum:  flag -> the lowest value it may take (0: it cannot be negative; 1: it must be at least 1), or '>0'
+              for a value that must be more than zero.
+    doc, sources: what --help shows: the usage lines of doc, and the comments beside the defaults in the modules
+              named in sources, e.g. ['train', 'model'] (the first module that comments a flag explains it)."""
+    if '--help' in argv or '-h' in argv:
+        raise ShowHelp(help_text(defaults, doc, sources, presets))
+    pairs = []
+    for arg in argv:
+        if not arg.startswith('--') or arg == '--':
+            raise UserError(f'unexpected argument {arg!r}: flags are written --key=value (python {_script()} --help)')
+        key, has_value, value = arg[2:].partition('=')
+        if key not in defaults:
+            close = difflib.get_close_matches(key, list(defaults), n=1)
+            raise UserError(f'unknown flag --{key}' + (f'; did you mean --{close[0]}?' if close else '')
+                            + f' (python {_script()} --help lists them all)')
+        if not has_value:
+            if type(defaults[key]) is not bool:
+                raise UserError(f'--{key} needs a value: --{key}=VALUE')
+            value = 'true'
+        pairs.append((key, value))
+    out = dict(defaults)
+    for key, value in sorted(pairs, key=lambda kv: kv[0] != 'size'):  # the preset first, then what it overrides
+        if key == 'size' and presets is not None:
+            if value not in presets:
+                raise UserError(f'unknown size {value!r}; choose one of: {", ".join(presets)}')
+            out.update({k: v for k, v in presets[value].items() if k in defaults})
+        out[key] = _convert(key, value, defaults[key])
+    for key, lowest in (minimum or {}).items():  # one check for every script's impossible values
+        if lowest == '>0' and out[key] <= 0:
+            raise UserError(f'--{key} must be positive')
+        if lowest != '>0' and out[key] < lowest:
+            raise UserError(f'--{key} cannot be negative' if lowest == 0 else f'--{key} must be at least {lowest}')
+    return out
+
+
+def _convert(key, value, default):
+    kind = type(default)
+    try:
+        if kind is bool:
+            if value.lower() not in ('true', 'false', '1', '0'):
+                raise ValueError
+            return value.lower() in ('true', '1')
+        return kind(value)
+    except ValueError:
+        example = 'true or false' if kind is bool else kind.__name__
+        raise UserError(f'--{key}={value} is not a valid {example} (default: {default!r})')
+
+
+def _script():
+    return os.path.basename(sys.argv[0]) or 'SCRIPT'
+
+
+def comments(sources):
+    """flag -> its one-line comment, read from lines like `name=value,  # comment` or `name: type = value  # comment`
+    in the modules named (files beside this one)."""
+    found = {}
+    for name in sources:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name + '.py')) as f:
+            for line in f:
+                m = re.match(r"\s*(?:\*\*)?'?(\w+)'?\s*(?::\s*\w+\s*)?[=:].*?#\s*(.+)$", line)
+                if m:
+                    found.setdefault(m.group(1), m.group(2).strip())
+    return found
+
+
+def help_text(defaults, doc, sources, presets=None):
+    """Usage lines (the indented commands in doc), then every flag with its default and its comment."""
+    usage = [line.strip() for line in doc.splitlines() if re.match(r'    \S', line) and
+             line.split()[0] in ('python', 'torchrun')]
+    explain = comments(sources)
+    rows = [(f'--{k}={str(v).lower() if type(v) is bool else v}', explain.get(k, '')) for k, v in defaults.items()]
+    width = min(40, max(len(flag) for flag, _ in rows))
+    lines = ['usage:'] + [f'  {u}' for u in usage] + ['', 'flags (--key=value; a bare --key sets a true/false flag to true):']
+    lines += [f'  {flag:<{width}}  {text}'.rstrip() if len(flag) <= width else f'  {flag}\n  {"":<{width}}  {text}'
+              for flag, text in rows]
+    if presets:
+        lines.append(f'\n--size=NAME applies a preset first ({", ".join(presets)}); explicit flags win over it.')
+    return '\n'.join(lines)
+
+
+def pick_device(name):
+    """The --device flag: 'auto' is the best device here (cuda, then mps, then cpu), else the one named."""
+    import torch  # here, so that the scripts without a model (grading, building) start without loading torch
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f'unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps')
+    if device.type == 'cuda' and not torch.cuda.is_available() or device.type == 'mps' and not torch.backends.mps.is_available():
+        raise UserError(f'device {name} is not available on this machine; use --device=cpu or --device=auto')
+    return device
+
+
+def run_cli(main):
+    """Run main(argv): --help prints and exits 0; a UserError is one line on stderr and exit status 1."""
+    try:
+        main(sys.argv[1:])
+    except ShowHelp as h:
+        print(h)
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        sys.exit(130)

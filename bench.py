@@ -3,7 +3,7 @@ How fast is it here? Times training, the wait for data, and generation for a pre
 
     python bench.py                                   # tiny, on this machine's CPU
     python bench.py --size=mini
-    python bench.py --size=base --device=cuda --compile=true
+    python bench.py --size=base --device=cuda --compile
 
 Training: `warmup` untimed optimiser steps, then `steps` timed ones on the real prepared data, each split into the
 wait for its batch (slicing the memory-mapped arrays and copying to the device) and the step itself (train.py's own

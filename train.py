@@ -23,6 +23,8 @@ processes take exactly the steps one process would take on the union of their ba
 import json
 import math
 import os
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -34,8 +36,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import data
-from checkpoint import load_checkpoint, save_checkpoint
-from cli import UserError, parse_flags, pick_device, run_cli
+from checkpoint import load_checkpoint, lock_out_dir, save_checkpoint
+from cli import UserError, given_flags, parse_flags, pick_device, run_cli
 from data import Split, describe
 from model import SIZES, NanoVLM, VLMConfig, check_config, config_from, global_sum
 
@@ -113,7 +115,8 @@ def peak_flops(device, dtype, given=0.0):
             if part in name:
                 return flops, f'{name} bf16 peak'
     n, dtype = 1024, getattr(torch, dtype)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    g = torch.Generator(device).manual_seed(0)  # its own: the run's random state stays the run's (exact resume)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype, generator=g) for _ in range(2))
     best = 0.0
     for _ in range(6):  # the first round warms up
         t = time.perf_counter()
@@ -192,7 +195,82 @@ def train_step(run_model, model, optimizer, styles, step, c, ctx, world, get_bat
 
 # -----------------------------------------------------------------------------
 
-def train(c):
+# -----------------------------------------------------------------------------
+# A run's home is its out_dir: one run at a time, never a trained model silently replaced, and a resumed run
+# that takes exactly the steps the interrupted one would have taken.
+
+CHANGEABLE_ON_RESUME = ('max_iters', 'eval_interval', 'eval_iters', 'log_interval', 'n_samples', 'device', 'dtype',
+                        'compile', 'peak_flops')  # flags that may differ from the checkpoint's: they change no step
+
+
+def resume_settings(c, saved, given):
+    """Take the run's settings from the checkpoint (saved); a flag given on the command line that contradicts them
+    is refused, except those in CHANGEABLE_ON_RESUME (more steps, another device, other logging)."""
+    for key, value in saved.items():
+        if key in ('init_from', 'out_dir') or key in CHANGEABLE_ON_RESUME and key in given or not hasattr(c, key):
+            continue
+        if key in given and getattr(c, key) != value:
+            raise UserError(f'--{key}={getattr(c, key)} contradicts the checkpoint in {c.out_dir}, trained with '
+                            f'--{key}={value}; leave it out to resume, or train a new model into another --out_dir')
+        setattr(c, key, value)
+
+
+def random_states(rng, ddp):
+    """Every random state the run draws from: the batch sampler's (the same in every process, which all draw the
+    same global batch) and torch's (dropout: each process its own), gathered to the first process for saving."""
+    mine = {'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    every = [None] * dist.get_world_size() if ddp else [mine]
+    if ddp:
+        dist.all_gather_object(every, mine)
+    return {'batches': rng.bit_generator.state, 'processes': every}
+
+
+def restore_random_states(rng, states, rank):
+    rng.bit_generator.state = states['batches']
+    mine = states['processes'][rank]
+    torch.set_rng_state(mine['torch'])
+    if mine['cuda'] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(mine['cuda'])
+
+
+def keep_log_until(log_path, step):
+    """Drop the log lines of steps after the checkpoint's: the resumed run writes them again, exactly."""
+    if os.path.exists(log_path):
+        with open(log_path) as f:
+            lines = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+        with open(log_path + '.tmp', 'w') as f:
+            f.writelines(lines)
+        os.replace(log_path + '.tmp', log_path)
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) or a polite kill (SIGTERM) asks the run to stop after the step it is taking: it then saves
+    a checkpoint at that step and says how to go on. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.asked, self.previous = False, {}
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.ask)
+
+    def ask(self, signum, frame):
+        self.asked = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def agreed(self, ddp):
+        """Whether to stop now; under DDP every process stops at the same step, when any was asked."""
+        return bool(global_sum(torch.tensor([float(self.asked)])) > 0) if ddp else self.asked
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# -----------------------------------------------------------------------------
+
+def train(c, given=()):
+    """Train with the settings c (a namespace of DEFAULTS); given: the flags set on the command line, which on
+    resume must agree with the checkpoint."""
     styles = [s for s in c.styles.split(',') if s]
     if not styles or any(s not in data.STYLES for s in styles):
         raise UserError(f'--styles={c.styles}: give short, long or short,long')
@@ -210,17 +288,25 @@ def train(c):
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     master = rank == 0
     log = print if master else lambda *args, **kwargs: None  # one process speaks for all
+    os.makedirs(c.out_dir, exist_ok=True)
+    ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
+    log_path = os.path.join(c.out_dir, 'train_log.jsonl')
+    lock = lock_out_dir(c.out_dir) if master else None  # held until this process ends
+
+    ckpt = load_checkpoint(ckpt_path) if c.init_from == 'resume' else None
+    resumed = ckpt is not None
+    if resumed:
+        resume_settings(c, ckpt['config'], set(given))
+    elif os.path.exists(ckpt_path):
+        raise UserError(f"{c.out_dir} already holds a trained model (ckpt.pt, step {load_checkpoint(ckpt_path)['step']}): "
+                        f'carry on training it with --init_from=resume, or train a new one into another --out_dir '
+                        f'(delete {c.out_dir} to start over)')
+    elif master and os.path.exists(log_path):  # an earlier run that saved no checkpoint: keep its log aside
+        os.replace(log_path, log_path + '.old')
+        print(f'kept the log of an earlier run that saved no checkpoint as {log_path}.old')
     dtype, ctx = precision(device, c.dtype)
     torch.manual_seed(c.seed)
     rng = np.random.default_rng(c.seed)
-    os.makedirs(c.out_dir, exist_ok=True)
-    ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
-
-    ckpt = load_checkpoint(ckpt_path) if c.init_from == 'resume' else None
-    if ckpt is not None:  # the checkpoint's model and data win over flags: they are what the weights were made with
-        for key, value in ckpt['model_args'].items():
-            setattr(c, key, value)
-        c.data_dir = ckpt['config']['data_dir']
     if master:  # the others wait, then find the dataset drawn and prepared
         tokenizer = data.ensure_dataset(c.data_dir, c.img_size)
     if ddp:
@@ -229,25 +315,30 @@ def train(c):
         tokenizer = data.ensure_dataset(c.data_dir, c.img_size)
     splits = {name: Split(c.data_dir, name, c.img_size) for name in ('train', 'val')}
     longest = max(s.tokens.shape[2] for s in splits.values())
-    if ckpt is None:
+    if not resumed:
         c.block_size = max(c.block_size, longest)
     config = config_from({**vars(c), 'vocab_size': len(tokenizer)})
     model = NanoVLM(config).to(device)
     optimizer = model.configure_optimizer(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device.type)
     step, best_val_loss = 0, float('inf')
-    if ckpt is not None:
+    if resumed:
         if ckpt['tokenizer'] != tokenizer.state():
             raise UserError(f'{c.data_dir} has a different vocabulary from the checkpoint; resume on the same data')
         model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
         step, best_val_loss = ckpt['step'], ckpt['best_val_loss']
-        rng = np.random.default_rng([c.seed, step])  # fresh batches, not a replay of the first ones
+        if ckpt.get('rng'):
+            restore_random_states(rng, ckpt['rng'], rank)
+        else:  # a checkpoint from before random states were saved: fresh batches, not a replay of the first ones
+            rng = np.random.default_rng([c.seed, step])
+        if master:
+            keep_log_until(log_path, step)
         log(f'resuming from {ckpt_path} at step {step}')
         del ckpt
     counts = model.param_counts()
     log(f"NanoVLM: {counts['total'] / 1e6:.2f}M parameters (encoder {counts['encoder'] / 1e6:.2f}M, connector "
-          f"{counts['connector'] / 1e6:.2f}M, decoder {counts['decoder'] / 1e6:.2f}M), vocabulary {len(tokenizer)}, "
-          f"{model.n_prefix} visual tokens, on {device} in {dtype}" + (f', {world} processes' if ddp else ''))
+        f"{counts['connector'] / 1e6:.2f}M, decoder {counts['decoder'] / 1e6:.2f}M), vocabulary {len(tokenizer)}, "
+        f"{model.n_prefix} visual tokens, on {device} in {dtype}" + (f', {world} processes' if ddp else ''))
     eval_model = torch.compile(model) if c.compile else model
     run_model = DistributedDataParallel(eval_model, device_ids=[device.index] if device.type == 'cuda' else None) \
         if ddp else eval_model
@@ -255,55 +346,80 @@ def train(c):
     if master:
         peak, peak_source = peak_flops(device, dtype, c.peak_flops)
         print(f'MFU is a share of {peak / 1e12:.3g} TFLOP/s ({peak_source})')
-    log_path = os.path.join(c.out_dir, 'train_log.jsonl')
-    if master and c.init_from == 'scratch' and os.path.exists(log_path):
-        os.remove(log_path)  # a new run, a new log
 
+    def write_log(entry):
+        with open(log_path, 'a') as f:
+            f.write(json.dumps(entry) + '\n')
+
+    def calibrate():  # every process calibrates: the BatchNorm sums over them
+        calib_rng = np.random.default_rng(0)
+        model.calibrate(splits['train'].batch('short', c.batch_size, calib_rng, device)[0] for _ in range(20))
+
+    def save():  # every process hands over its random state; the first one saves
+        states = random_states(rng, ddp)
+        if master:
+            save_checkpoint(ckpt_path, model, optimizer, tokenizer, step, best_val_loss, vars(c), states)
+
+    stop = StopRequest()
     t0 = time.time()
     t_start, step_start, flops = t0, step, 0
-    while True:
-        last = step >= c.max_iters
-        if step % c.eval_interval == 0 or last:
-            t_eval = time.time()
-            calib_rng = np.random.default_rng(0)  # every process calibrates: the BatchNorm sums over them
-            model.calibrate(splits['train'].batch('short', c.batch_size, calib_rng, device)[0] for _ in range(20))
-            if master:
-                losses = estimate_loss(eval_model, splits, styles, c, device, ctx)
-                print(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in losses.items()))
-                if c.n_samples:
-                    show_samples(model, tokenizer, splits['val'], c.n_samples, ctx)
-                val = float(np.mean([v for k, v in losses.items() if k.startswith('val')]))
-                best_val_loss = min(best_val_loss, val)
+    try:
+        while True:
+            last = step >= c.max_iters
+            if stop.agreed(ddp):
+                calibrate()
+                save()
+                log(f'interrupted at step {step}: saved {ckpt_path}; go on with '
+                    f'python train.py --init_from=resume --out_dir={c.out_dir}')
+                raise KeyboardInterrupt
+            if (step % c.eval_interval == 0 or last) and not (resumed and step == step_start):  # that one is logged
+                t_eval = time.time()
+                calibrate()
+                if master:
+                    losses = estimate_loss(eval_model, splits, styles, c, device, ctx)
+                    print(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in losses.items()))
+                    write_log({'step': step, 'eval': losses})
+                    if c.n_samples:
+                        show_samples(model, tokenizer, splits['val'], c.n_samples, ctx)
+                    best_val_loss = min(best_val_loss, float(np.mean([v for k, v in losses.items() if k.startswith('val')])))
                 if step > step_start or last:
-                    save_checkpoint(ckpt_path, model, optimizer, tokenizer, step, best_val_loss, vars(c))
-            t0 += time.time() - t_eval  # evaluation is not training time
-        if last:
-            break
-        lr = learning_rate(step, c)
-        for group in optimizer.param_groups:
-            group['lr'] = lr
-        loss, style, step_flops = train_step(run_model, model, optimizer, styles, step, c, ctx, world,
-                                             lambda style: splits['train'].batch(style, c.batch_size, rng, device, rank, world))
-        flops += step_flops
-        step += 1
-        if step % c.log_interval == 0:
-            loss = loss.item()
-            t1 = time.time()
-            ms = (t1 - t0) * 1000 / c.log_interval
-            mfu = flops / (t1 - t0) / peak if peak else None
-            eta = (t1 - t_start) / (step - step_start) * (c.max_iters - step)
-            log(f'step {step}/{c.max_iters} | loss {loss:.3f} ({style}) | lr {lr:.2e} | {ms:.0f} ms/step | '
-                + (f'mfu {100 * mfu:.0f}% | ' if mfu else '') + f'eta {int(eta // 60)}m{int(eta % 60):02d}s')
-            if master:
-                with open(log_path, 'a') as f:
-                    f.write(json.dumps({'step': step, 'loss': loss, 'style': style, 'lr': lr, 'ms': ms, 'mfu': mfu}) + '\n')
-            t0, flops = t1, 0
-    log(f'done: {step} steps in {time.time() - t_start:.0f}s, checkpoint {ckpt_path}')
-    if ddp:
-        dist.barrier()  # the first process may still be saving: nobody leaves before it is done
-        dist.destroy_process_group()
+                    save()
+                t0 += time.time() - t_eval  # evaluation is not training time
+            if last:
+                break
+            lr = learning_rate(step, c)
+            for group in optimizer.param_groups:
+                group['lr'] = lr
+            loss, style, step_flops = train_step(run_model, model, optimizer, styles, step, c, ctx, world,
+                                                 lambda style: splits['train'].batch(style, c.batch_size, rng, device, rank, world))
+            flops += step_flops
+            step += 1
+            if step % c.log_interval == 0:
+                loss = loss.item()
+                t1 = time.time()
+                ms = (t1 - t0) * 1000 / c.log_interval
+                mfu = flops / (t1 - t0) / peak if peak else None
+                eta = (t1 - t_start) / (step - step_start) * (c.max_iters - step)
+                log(f'step {step}/{c.max_iters} | loss {loss:.3f} ({style}) | lr {lr:.2e} | {ms:.0f} ms/step | '
+                    + (f'mfu {100 * mfu:.0f}% | ' if mfu else '') + f'eta {int(eta // 60)}m{int(eta % 60):02d}s')
+                if master:
+                    write_log({'step': step, 'loss': loss, 'style': style, 'lr': lr, 'ms': ms, 'mfu': mfu})
+                t0, flops = t1, 0
+        log(f'done: {step} steps in {time.time() - t_start:.0f}s, checkpoint {ckpt_path}')
+    finally:
+        stop.restore()
+        if ddp:
+            dist.barrier()  # the first process may still be saving: nobody leaves before it is done
+            dist.destroy_process_group()
+        if lock:
+            lock.close()
     return model
 
 
+def main(argv):
+    c = SimpleNamespace(**parse_flags(DEFAULTS, argv, PRESETS, MINIMUM, __doc__, ['train', 'model']))
+    train(c, given_flags(argv, PRESETS))
+
+
 if __name__ == '__main__':
-    run_cli(lambda argv: train(SimpleNamespace(**parse_flags(DEFAULTS, argv, PRESETS, MINIMUM, __doc__, ['train', 'model']))))
+    run_cli(main)

@@ -16,7 +16,7 @@ FLAGS = [f'--{k}={v}' for k, v in TINY.items()] + [
 
 def losses(out_dir):
     with open(os.path.join(out_dir, 'train_log.jsonl')) as f:
-        return [(r['step'], r['loss']) for r in map(json.loads, f)]
+        return [(r['step'], r['loss']) for r in map(json.loads, f) if 'loss' in r]
 
 
 def torchrun(*args):

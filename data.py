@@ -232,7 +232,8 @@ def ensure_dataset(data_dir, img_size):
 class Split:
     """One split's images (N, S, S, 3) uint8 and texts (N, 2, T), memory-mapped."""
 
-    def __init__(self, data_dir, split, img_size):
+    def __init__(self, data_dir, split, img_size, style_token=True):
+        self.style_token = style_token  # False: every text starts with <|endoftext|> instead, whatever its style
         images_path, tokens_path = prepared_paths(data_dir, split, img_size)
         self.images = np.load(images_path, mmap_mode='r')
         self.tokens = np.load(tokens_path)
@@ -250,6 +251,8 @@ class Split:
         L = int((toks != PAD).sum(1).max())
         x, y = toks[:, :L - 1], toks[:, 1:L].copy()  # (B, L-1) each
         y[y == PAD] = -1
+        if not self.style_token:
+            x[:, 0] = EOT
         images = torch.from_numpy(self.images[ix])
         x, y = torch.from_numpy(x), torch.from_numpy(y)
         if device.type == 'cuda':  # pinned memory lets the copy overlap with compute
@@ -266,13 +269,14 @@ def describe(model, tokenizer, images, style='short', prompt='', temperature=0.7
              use_cache=True):
     """Descriptions of images (B, S, S, 3) uint8 (numpy or torch), each starting with its prompt: one string for
     all, or a list of B prompts of the same length in tokens. The model continues [style token] + prompt, the way
-    every training text begins. Returns B strings."""
-    if style not in STYLE_TOKEN:
+    every training text begins (style None: <|endoftext|>, for a model trained with --style_token=false).
+    Returns B strings."""
+    if style is not None and style not in STYLE_TOKEN:
         raise UserError(f'--style={style}: use short or long')
     device = next(model.parameters()).device
     images = torch.as_tensor(np.array(images)).to(device)  # a copy: memory-mapped arrays are read-only
     prompts = [prompt] * len(images) if isinstance(prompt, str) else prompt
-    starts = [[STYLE_TOKEN[style]] + tokenizer.encode(p.rstrip()) for p in prompts]
+    starts = [[STYLE_TOKEN[style] if style else EOT] + tokenizer.encode(p.rstrip()) for p in prompts]
     idx = torch.tensor(starts, dtype=torch.long, device=device)  # (B, T): fails unless all have the same length
     new = model.generate(images, idx, max_new_tokens, temperature=temperature, top_k=top_k, eot=EOT,
                          use_cache=use_cache)

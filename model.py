@@ -41,6 +41,7 @@ class VLMConfig:
     vocab_size: int = 8192       # rows of the token embedding: the compact vocabulary of data.Tokenizer
     block_size: int = 128        # longest text in tokens, style and end-of-text tokens included
     visual_tokens: str = 'cls'   # 'cls': the paper's single summary token; 'all': CLS and every patch (LLaVA-style)
+    connector_norm: bool = True  # end the connector with a BatchNorm (ours, see Connector; false: the paper's connector)
     dropout: float = 0.1         # dropout in every block (the paper: 0.1 for every size)
 
 
@@ -237,7 +238,7 @@ class Connector(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.fc = nn.Linear(cfg.enc_embd, cfg.n_embd)
-        self.norm = BatchNorm(cfg.n_embd)
+        self.norm = BatchNorm(cfg.n_embd) if cfg.connector_norm else nn.Identity()
 
     def forward(self, x):  # (B, P, Ce)
         return self.norm(F.gelu(self.fc(x)))  # (B, P, C), statistics over batch and tokens, per feature
@@ -347,7 +348,10 @@ class NanoVLM(nn.Module):
         """Set the connector's BatchNorm statistics to their exact mean over image_batches (training images).
         The running averages kept during training lag behind an encoder that is still learning fast, and a model
         evaluated with stale statistics writes nonsense; so train.py calls this before every evaluation and save."""
-        norm, training, momentum = self.connector.norm, self.training, self.connector.norm.momentum
+        norm, training = self.connector.norm, self.training
+        if not isinstance(norm, BatchNorm):  # --connector_norm=false: nothing to calibrate
+            return
+        momentum = norm.momentum
         self.eval()
         norm.reset_running_stats()
         norm.momentum, norm.training = None, True  # momentum None: a plain cumulative mean

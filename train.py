@@ -48,6 +48,7 @@ DEFAULTS = dict(
     data_dir=data.PICTUREBOOK_DIR,  # a dataset folder (data.py, build.py); picture-book is drawn here if it is missing
     init_from='scratch',         # 'scratch' or 'resume' (from out_dir/ckpt.pt)
     styles='short,long',         # which descriptions to train on, taking turns step by step
+    style_token=True,            # start each text with its style's token (false: with <|endoftext|>, styles unmarked)
     eval_interval=500,           # steps between validation, samples and a checkpoint
     eval_iters=10,               # batches per split and style to estimate a loss
     log_interval=25,             # steps between progress lines
@@ -160,7 +161,7 @@ def show_samples(model, tokenizer, split, n, ctx):
     """Greedy short descriptions of the first n validation images, beside the truth."""
     model.eval()
     with ctx:
-        texts = describe(model, tokenizer, split.images[:n], temperature=0)
+        texts = describe(model, tokenizer, split.images[:n], 'short' if split.style_token else None, temperature=0)
     for i, text in enumerate(texts):
         print(f'  truth: {tokenizer.decode(split.tokens[i, 0, 1:].tolist())}\n  model: {text}')
     model.train()
@@ -313,7 +314,7 @@ def train(c, given=()):
         dist.barrier()
     if not master:
         tokenizer = data.ensure_dataset(c.data_dir, c.img_size)
-    splits = {name: Split(c.data_dir, name, c.img_size) for name in ('train', 'val')}
+    splits = {name: Split(c.data_dir, name, c.img_size, c.style_token) for name in ('train', 'val')}
     longest = max(s.tokens.shape[2] for s in splits.values())
     if not resumed:
         c.block_size = max(c.block_size, longest)

@@ -80,9 +80,14 @@ def check_config(c):
 # The transformer block, shared by encoder (bidirectional) and decoder (causal, with a KV cache for generation)
 
 class SelfAttention(nn.Module):
+    """Multi-head self-attention. Set keep_weights to True (pictures.py does, for one pass) and the attention is
+    computed the long way, softmax(q k^T / sqrt(hs) + mask) @ v, and its weights are kept in self.weights
+    (B, nh, Tq, Tk) so that they can be looked at; otherwise the fused kernel runs and no weights exist."""
+
     def __init__(self, n_embd, n_head, dropout, causal):
         super().__init__()
         self.n_head, self.causal, self.dropout = n_head, causal, dropout
+        self.keep_weights, self.weights = False, None
         self.qkv = nn.Linear(n_embd, 3 * n_embd)
         self.proj = nn.Linear(n_embd, n_embd)
         self.resid_drop = nn.Dropout(dropout)
@@ -97,8 +102,15 @@ class SelfAttention(nn.Module):
                 k, v = torch.cat([cache['k'], k], dim=2), torch.cat([cache['v'], v], dim=2)
             cache['k'], cache['v'] = k, v
         causal = self.causal and q.size(2) == k.size(2)  # a single new query may see every cached key
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if self.keep_weights:  # the same attention written out, so its weights exist to be kept
+            att = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, Tk)
+            if causal:
+                att = att.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float('-inf'))
+            self.weights = F.softmax(att.float(), dim=-1)
+            y = F.dropout(self.weights.to(v.dtype), self.dropout, self.training) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                               dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_drop(self.proj(y))
 

@@ -353,7 +353,8 @@ SERIES = {'train/short': ((140, 180, 225), 1), 'train/long': ((250, 185, 130), 1
 
 def read_log(log_path):
     """The losses in train_log.jsonl: {'train/short': [(step, loss)], 'train/long': .., 'val/short': ..,
-    'val/long': ..}, from the training lines {"step", "loss", "style", ...} and the validation losses of the
+    'val/long': ..}, from the training lines {"step", "train": {"short": .., "long": ..}, ...} (each style's mean
+    loss over the steps since the line before) and the validation losses of the
     evaluation lines {"step", "eval": {"val/short": ..}}; any other line (or a half-written one) is skipped."""
     if not os.path.exists(log_path):
         raise UserError(f'{log_path} does not exist: train.py writes it into out_dir as it trains')
@@ -366,7 +367,7 @@ def read_log(log_path):
                 continue
             if not isinstance(r, dict) or not isinstance(r.get('step'), (int, float)):
                 continue
-            pairs = [(f"train/{r.get('style')}", r.get('loss'))]  # a training step's loss, in its style
+            pairs = [(f'train/{style}', loss) for style, loss in r['train'].items()] if isinstance(r.get('train'), dict) else []
             if isinstance(r.get('eval'), dict):  # an evaluation: its train/ losses would blur the per-step curves
                 pairs += [(name, loss) for name, loss in r['eval'].items() if name.startswith('val/')]
             for name, loss in pairs:

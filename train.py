@@ -364,6 +364,7 @@ def train(c, given=()):
     stop = StopRequest()
     t0 = time.time()
     t_start, step_start, flops = t0, step, 0
+    interval = {}  # style -> the losses of its steps since the last progress line
     try:
         while True:
             last = step >= c.max_iters
@@ -393,19 +394,21 @@ def train(c, given=()):
                 group['lr'] = lr
             loss, style, step_flops = train_step(run_model, model, optimizer, styles, step, c, ctx, world,
                                                  lambda style: splits['train'].batch(style, c.batch_size, rng, device, rank, world))
+            interval.setdefault(style, []).append(loss)  # tensors: no wait for the device until the line is due
             flops += step_flops
             step += 1
             if step % c.log_interval == 0:
-                loss = loss.item()
+                means = {s: torch.stack(interval[s]).mean().item() for s in styles if s in interval}
                 t1 = time.time()
                 ms = (t1 - t0) * 1000 / c.log_interval
                 mfu = flops / (t1 - t0) / peak if peak else None
                 eta = (t1 - t_start) / (step - step_start) * (c.max_iters - step)
-                log(f'step {step}/{c.max_iters} | loss {loss:.3f} ({style}) | lr {lr:.2e} | {ms:.0f} ms/step | '
-                    + (f'mfu {100 * mfu:.0f}% | ' if mfu else '') + f'eta {int(eta // 60)}m{int(eta % 60):02d}s')
+                log(f'step {step}/{c.max_iters} | loss ' + ', '.join(f'{s} {v:.3f}' for s, v in means.items())
+                    + f' | lr {lr:.2e} | {ms:.0f} ms/step | ' + (f'mfu {100 * mfu:.0f}% | ' if mfu else '')
+                    + f'eta {int(eta // 60)}m{int(eta % 60):02d}s')
                 if master:
-                    write_log({'step': step, 'loss': loss, 'style': style, 'lr': lr, 'ms': ms, 'mfu': mfu})
-                t0, flops = t1, 0
+                    write_log({'step': step, 'train': means, 'lr': lr, 'ms': ms, 'mfu': mfu})
+                t0, flops, interval = t1, 0, {}
         log(f'done: {step} steps in {time.time() - t_start:.0f}s, checkpoint {ckpt_path}')
     finally:
         stop.restore()

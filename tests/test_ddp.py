@@ -16,7 +16,7 @@ FLAGS = [f'--{k}={v}' for k, v in TINY.items()] + [
 
 def losses(out_dir):
     with open(os.path.join(out_dir, 'train_log.jsonl')) as f:
-        return [(r['step'], r['loss']) for r in map(json.loads, f) if 'loss' in r]
+        return [(r['step'], loss) for r in map(json.loads, f) if 'train' in r for loss in r['train'].values()]
 
 
 def torchrun(*args):

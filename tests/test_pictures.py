@@ -137,11 +137,11 @@ def test_attention_of_the_cls_token(checkpoint, tiny, tmp_path):
 
 def test_loss_curves(tmp_path):
     log = tmp_path / 'train_log.jsonl'
-    lines = [json.dumps({'step': s, 'loss': 6 * 0.97 ** s + (0.3 if s % 2 else 0), 'style': ['short', 'long'][s % 2],
-                         'lr': 1e-3, 'ms': 20.0, 'mfu': 0.01}) for s in range(100)]
+    lines = [json.dumps({'step': s, 'train': {'short': 6 * 0.97 ** s, 'long': 6 * 0.97 ** s + 0.3},
+                         'lr': 1e-3, 'ms': 20.0, 'mfu': 0.01}) for s in range(0, 100, 2)]
     lines += [json.dumps({'step': s, 'eval': {'train/short': 1.0, 'train/long': 1.2, 'val/short': 5 * 0.98 ** s,
                                               'val/long': 5.5 * 0.98 ** s}}) for s in (0, 50, 99)]
-    lines += ['not json', json.dumps({'note': 'anything else'}), json.dumps([1, 2]), '{"step": 100, "loss": 1.']
+    lines += ['not json', json.dumps({'note': 'anything else'}), json.dumps([1, 2]), '{"step": 100, "train": {"short": 1.']
     log.write_text('\n'.join(lines) + '\n')
     series = pictures.loss_curves(log, tmp_path / 'loss.png')
     assert {k: len(v) for k, v in series.items()} == {'train/short': 50, 'train/long': 50,

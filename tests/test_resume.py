@@ -36,7 +36,7 @@ def log_lines(out_dir):
 
 def trajectory(out_dir):
     """What must not change: every logged loss and evaluation, in order (times and MFU may)."""
-    return [(r['step'], r.get('loss'), r.get('style'), r.get('eval')) for r in log_lines(out_dir)]
+    return [(r['step'], r.get('train'), r.get('eval')) for r in log_lines(out_dir)]
 
 
 def weights(out_dir):

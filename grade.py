@@ -35,7 +35,7 @@ import numpy as np
 
 import chat
 import data
-from cli import UserError, parse_flags, run_cli
+from cli import UserError, parse_flags, run_cli, write_failed
 from picturebook import facts, true_of
 
 DEFAULTS = {
@@ -364,8 +364,12 @@ def main(argv):
         results = {path: rouge(rs, indexes[train[path]]) for path, rs in records.items()}
     print(table(results))
     if c.json:
-        with open(c.json, 'w') as f:
-            json.dump(results, f, indent=2)
+        try:
+            with open(c.json, 'w') as f:
+                json.dump(results, f, indent=2)
+        except OSError as e:
+            raise write_failed(e, c.json, 'the table above' + (f', every grade in {c.cache}' if c.judge == 'gpt' else ''),
+                               [c.json]) from None
 
 
 if __name__ == '__main__':

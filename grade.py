@@ -187,8 +187,13 @@ def gpt(records, c):
 
         def grade_one(item):
             key, record = item
-            scores, problem, usage = endpoint.ask(grade_messages(record, c.with_image), lambda reply: check_grade(reply, names),
-                                              response_format, c.max_attempts, temperature=0)
+            try:
+                messages = grade_messages(record, c.with_image)
+            except UserError as e:  # the picture cannot be read: nothing is sent, the others are graded
+                return {'key': key, 'id': record.get('id'), 'failed': str(e),
+                        'usage': {'prompt_tokens': 0, 'completion_tokens': 0}}
+            scores, problem, usage = endpoint.ask(messages, lambda reply: check_grade(reply, names), response_format,
+                                                  c.max_attempts, temperature=0)
             return {'key': key, 'id': record.get('id'), **({'scores': scores} if scores else {'failed': problem}),
                     'usage': usage}
 

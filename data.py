@@ -322,8 +322,8 @@ def load_prepared(data_dir, split, img_size, n=None, vocab_size=None):
     again = f'delete {images_path} and {tokens_path}, and run again to prepare them again'
     try:
         images, tokens = np.load(images_path, mmap_mode='r'), np.load(tokens_path)
-    except Exception as e:  # whatever np.load makes of damaged bytes: ValueError, OSError, EOFError, an unpickling error
-        raise UserError(f'the prepared {split} arrays in {data_dir} are damaged ({e}); {again}') from None
+    except Exception:  # whatever np.load makes of damaged bytes: ValueError, OSError, EOFError, an unpickling error
+        raise UserError(f'the prepared {split} arrays in {data_dir} are damaged (numpy cannot read them); {again}') from None
     what = (f'the pictures are not uint8 (N, {img_size}, {img_size}, 3)'
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (img_size, img_size, 3) else
             'the texts are not uint16 (N, 2, T)' if tokens.dtype != np.uint16 or tokens.ndim != 3 or tokens.shape[1] != 2 else

@@ -30,8 +30,8 @@ from types import SimpleNamespace
 import requests
 
 import chat
-from cli import UserError, parse_flags, run_cli
-from data import add_beginnings, open_image, read_jsonl, write_jsonl
+from cli import UserError, disk_full, parse_flags, run_cli, write_failed
+from data import add_beginnings, open_image, read_jsonl, read_log, write_jsonl
 from picturebook import LENGTHS, STYLES, sentence_count, word_count
 
 # -----------------------------------------------------------------------------
@@ -125,7 +125,7 @@ def describe_image(endpoint, item, out_dir, c):
 def describe_all(items, out_dir, c):
     """Describe every item not yet in OUT/build.jsonl. Returns False if the user declined to spend."""
     log_path = os.path.join(out_dir, 'build.jsonl')
-    done = {r['id'] for r in chat.read_log(log_path)}
+    done = {r['id'] for r in read_log(log_path)}
     todo = [it for it in items if it['id'] not in done]
     if not todo:
         return True
@@ -153,7 +153,8 @@ def write_splits(out_dir, items, records):
     for split in ('train', 'val', 'test'):
         rows = [{k: v for k, v in by_id[it['id']].items() if k not in ('split', 'usage')}
                 for it in items if it['split'] == split and it['id'] in by_id]
-        write_jsonl(os.path.join(out_dir, f'{split}.jsonl'), [add_beginnings(r) for r in rows] if split == 'test' else rows)
+        write_jsonl(os.path.join(out_dir, f'{split}.jsonl'), [add_beginnings(r) for r in rows] if split == 'test' else rows,
+                    'what was there before; a rerun writes the splits again, asking the model nothing')
     skipped = [r for r in records if 'skipped' in r]
     counts = {s: sum(it['split'] == s and it['id'] in by_id for it in items) for s in ('train', 'val', 'test')}
     print(f"wrote {counts['train']:,}/{counts['val']:,}/{counts['test']:,} train/val/test records to {out_dir}"
@@ -201,6 +202,8 @@ def download(url, path, verify, timeout=60.0, retries=5, show=''):
                 return
             os.remove(part)
         except (requests.RequestException, OSError) as e:
+            if disk_full(e):  # waiting makes no room
+                raise write_failed(e, path, 'every file downloaded before; a rerun downloads the rest', [part]) from None
             problem = str(e)
         time.sleep(min(60.0, chat.BACKOFF * 2 ** attempt))
     raise chat.RequestFailed(f'cannot download {url}: {problem}')
@@ -260,8 +263,14 @@ def coco_items(c, out_dir):
 
     progress = chat.Progress()
     with ThreadPoolExecutor(c.workers) as pool:
-        for k, _ in enumerate(as_completed([pool.submit(fetch, it) for it in missing]), 1):
-            progress(f'downloading images: {k:,}/{len(missing):,}')
+        futures = [pool.submit(fetch, it) for it in missing]
+        try:
+            for k, future in enumerate(as_completed(futures), 1):
+                future.result()  # a full disk stops the build
+                progress(f'downloading images: {k:,}/{len(missing):,}')
+        except UserError:
+            pool.shutdown(cancel_futures=True)  # the downloads not yet started never start
+            raise
     if missing:
         progress(f'downloaded {len(missing) - len(failed):,} images' + (
             f'; {len(failed)} failed, e.g. {failed[0][1]} (run again to retry them)' if failed else ''), last=True)
@@ -269,7 +278,7 @@ def coco_items(c, out_dir):
     return [it for it in items if it['id'] not in gone]
 
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp', '.gif', '.tif', '.tiff')
 
 
 def folder_items(c, out_dir):
@@ -285,18 +294,19 @@ def folder_items(c, out_dir):
 def jsonl_records(c, out_dir):
     """Records of a JSONL the user has: each an "image" path (relative to that file, or absolute) and a "short"
     and/or "long" text. Records without a readable image or a text are skipped, and said so."""
-    records, root, skipped = [], os.path.dirname(os.path.abspath(c.path)), []
-    for i, r in enumerate(read_jsonl(c.path)):
+    records, root, skipped = [], os.path.dirname(os.path.abspath(c.path)), 0
+    for i, r in enumerate(read_jsonl(c.path, unique_ids=True)):
         image = os.path.join(root, str(r.get('image', '')))
         texts = {s: ' '.join(r[s].split()) for s in STYLES if isinstance(r.get(s), str) and r[s].strip()}
         problem = 'has no "image"' if not r.get('image') else 'has no "short" or "long" text' if not texts else \
             verify_image(image)
         if problem:
-            skipped.append(f'record {i + 1} {problem}')
+            print(f'skipped record {i + 1}: {problem}')
+            skipped += 1
         else:
             records.append({'id': str(r.get('id', i)), 'image': os.path.relpath(image, out_dir), **texts})
     if skipped:
-        print(f'skipped {len(skipped)} records of {c.path}, e.g. {skipped[0]}')
+        print(f'skipped {skipped} records of {c.path} (said above)')
     return pick(records, c, f'{c.path} has {len(records)} usable records')
 
 
@@ -317,7 +327,7 @@ def build(c, out_dir):
         return write_splits(out_dir, items, items)
     items = coco_items(c, out_dir) if c.dataset == 'coco' else folder_items(c, out_dir)
     if describe_all(items, out_dir, c):
-        write_splits(out_dir, items, chat.read_log(os.path.join(out_dir, 'build.jsonl')))
+        write_splits(out_dir, items, read_log(os.path.join(out_dir, 'build.jsonl')))
 
 
 # -----------------------------------------------------------------------------

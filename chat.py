@@ -9,14 +9,16 @@ what was paid for. In order:
   3. replies: the JSON object in a reply, and a picture as part of a request;
   4. money: the price of a model, an estimate said before anything is sent, and a question before spending;
   5. many requests: a pool of workers that appends each result to a log the moment it arrives, so an interrupted
-     run keeps everything it paid for and the same command goes on where it stopped.
+     run (Ctrl-C, a full disk) keeps everything it paid for and the same command goes on where it stopped.
 """
 import base64
 import datetime
 import email.utils
+import html
 import io
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -25,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import requests
 
 from cli import UserError
-from data import open_image
+from data import append_jsonl, open_image
 
 # -----------------------------------------------------------------------------
 # 1. The flags of every script that calls a chat model (build.py, grade.py add their own)
@@ -141,8 +143,8 @@ class ChatEndpoint:
             error = r.json().get('error') or {}
             message, code = str(error.get('message', '')), str(error.get('code') or error.get('type') or '')
         except (ValueError, AttributeError):
-            message, code = r.text[:200], ''
-        said = self.redact(f'HTTP {r.status_code}' + (f': {message}' if message else ''))
+            message, code = page_summary(r.text), ''
+        said = self.redact(f'HTTP {r.status_code}' + (f": {' '.join(message.split())}" if message.strip() else ''))
         if r.status_code in (401, 403):
             raise UserError(f'the server refused the API key ({said}); set OPENAI_API_KEY to a valid key')
         if r.status_code == 429 and 'quota' in code + message:
@@ -155,6 +157,18 @@ class ChatEndpoint:
                                 'and that the server supports JSON-schema replies (response_format)')
             raise RequestFailed(said)
         return said
+
+
+def page_summary(text):
+    """An error body that is not JSON, in a few words for a one-line error: an HTML page's <title> (a proxy's
+    "502 Bad Gateway"), 'an HTML error page' if it has none, else the start of the text."""
+    title = re.search(r'<title[^>]*>(.*?)</title>', text, re.I | re.S)
+    if title:
+        text = html.unescape(title.group(1))
+    elif re.search(r'<(!doctype|html|head|body)\b', text, re.I):
+        return 'an HTML error page'
+    text = ' '.join(text.split())
+    return text if len(text) <= 100 else text[:100] + '...'
 
 
 def _retry_after(r):
@@ -253,7 +267,8 @@ def estimate(texts, with_image, reply_tokens, c):
 
 def run_jobs(chat, todo, job, log_path, c, words):
     """job(item) -> record, for every item, by c.workers threads at once. Each record is appended to log_path
-    and flushed to disk the moment it is made, so an interrupted run keeps everything it paid for. The first item
+    and flushed to disk the moment it is made, so an interrupted run keeps everything it paid for (a full disk stops
+    the run in one line, like a fatal fault, keeping every record written before). The first item
     goes alone: a wrong key, model or URL costs one request, not one per worker. words: ('described', 'images',
     'skipped') says what the progress line counts; a record with a 'skipped' or 'failed' reason counts as the last."""
     lock = threading.Lock()
@@ -264,32 +279,30 @@ def run_jobs(chat, todo, job, log_path, c, words):
             return
         try:
             record = job(item)
+            with lock:  # one whole line at a time, on disk before the next
+                append_jsonl(log_path, [record], f"the {totals['done'] + totals['bad']:,} results before it; this one "
+                                                 'was paid for but could not be written')
+                totals['bad' if 'skipped' in record or 'failed' in record else 'done'] += 1
+                for k in ('prompt_tokens', 'completion_tokens'):
+                    totals[k] += record['usage'][k]
         except Stopped:
             return
         except UserError:
-            chat.stop.set()  # no other worker starts a request after a fatal fault
+            chat.stop.set()  # no other worker starts a request after a fatal fault or a full disk
             raise
-        with lock:  # one whole line at a time, on disk before the next
-            log.write(json.dumps(record) + '\n')
-            log.flush()
-            os.fsync(log.fileno())
-            totals['bad' if 'skipped' in record or 'failed' in record else 'done'] += 1
-            for k in ('prompt_tokens', 'completion_tokens'):
-                totals[k] += record['usage'][k]
 
     done, what, bad = words
     progress = Progress()
-    with open(log_path, 'a') as log:
-        work(todo[0])
-        pool = ThreadPoolExecutor(c.workers)
-        try:
-            for future in as_completed([pool.submit(work, it) for it in todo[1:]]):
-                future.result()
-                progress(f"{done} {totals['done']:,}, {bad} {totals['bad']:,} of {len(todo):,} | "
-                         f"{totals['prompt_tokens'] + totals['completion_tokens']:,} tokens{spent(totals, c)}")
-        finally:
-            chat.stop.set()  # waiting requests give up; those in flight finish and are written
-            pool.shutdown(cancel_futures=True)
+    work(todo[0])
+    pool = ThreadPoolExecutor(c.workers)
+    try:
+        for future in as_completed([pool.submit(work, it) for it in todo[1:]]):
+            future.result()
+            progress(f"{done} {totals['done']:,}, {bad} {totals['bad']:,} of {len(todo):,} | "
+                     f"{totals['prompt_tokens'] + totals['completion_tokens']:,} tokens{spent(totals, c)}")
+    finally:
+        chat.stop.set()  # waiting requests give up; those in flight finish and are written
+        pool.shutdown(cancel_futures=True)
     progress(f"{done} {totals['done']:,} {what}, {bad} {totals['bad']:,}; {totals['prompt_tokens']:,} input and "
              f"{totals['completion_tokens']:,} output tokens{spent(totals, c)}", last=True)
     return totals
@@ -305,17 +318,3 @@ class Progress:
         if last or time.time() - self.shown >= 1:
             print('\r' + text, end='\n' if last else '', flush=True)
             self.shown = time.time()
-
-
-def read_log(path):
-    """The records of a log that run_jobs appends to. A line cut short by a killed run is removed, so that the next
-    append starts on a line of its own."""
-    if not os.path.exists(path):
-        return []
-    with open(path, 'rb') as f:
-        raw = f.read()
-    if raw and not raw.endswith(b'\n'):
-        with open(path, 'r+b') as f:
-            f.truncate(raw.rfind(b'\n') + 1)
-        raw = raw[:raw.rfind(b'\n') + 1]
-    return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]

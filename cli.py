@@ -6,10 +6,13 @@ overrides any of them as --key=value (the value is converted to the default's ty
 and --size=NAME first applies a preset, so explicit flags win over it. --help prints the script's usage lines (the
 indented commands of its docstring) and every flag with its default and its comment, read from the source.
 
-A mistake the user can make (a flag, a path, a file) is a UserError, and run_cli prints it as one line. The
---device flag means the same everywhere (pick_device).
+A mistake the user can make (a flag, a path, a file) is a UserError, and run_cli prints it as one line; so is a
+write that fails (a full disk), said with what was kept (write_failed). The --device flag means the same
+everywhere (pick_device).
 """
+import contextlib
 import difflib
+import errno
 import os
 import re
 import sys
@@ -115,6 +118,23 @@ def help_text(defaults, doc, sources, presets=None):
     if presets:
         lines.append(f'\n--size=NAME applies a preset first ({", ".join(presets)}); explicit flags win over it.')
     return '\n'.join(lines)
+
+
+def write_failed(e, path, kept, partial=()):
+    """The UserError for OSError e, raised while writing path, once the partial files it left are removed: a full
+    disk (or a spent quota) is said as such, anything else (no permission, a read-only disk) in the system's words,
+    and either way what was kept, so the user knows that a rerun starts from there."""
+    for p in partial:
+        with contextlib.suppress(OSError):
+            os.remove(p)
+    if disk_full(e):
+        return UserError(f'the disk is full writing {path} (kept: {kept}); free some space and run again')
+    return UserError(f'cannot write {path}: {e.strerror or e} (kept: {kept})')
+
+
+def disk_full(e):
+    """Whether OSError e says the disk (or the user's quota) is full."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def pick_device(name):

@@ -20,17 +20,23 @@ Datasets from photos (COCO, a folder, your own JSONL) are built by build.py into
     python data.py                                  # the picture-book world in data/picturebook, prepared at 64 px
     python data.py --img_size=224 --out=data/picturebook224    # at the paper's image size, for --size=mini and up
 """
+import contextlib
 import json
 import os
 import random
+import warnings
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 import picturebook
-from cli import UserError, parse_flags, run_cli
+from cli import UserError, parse_flags, run_cli, write_failed
 from picturebook import STYLES
+
+# Pillow refuses a picture over twice its pixel limit and reads one over the limit with a warning; open_image refuses
+# both, so the warning would only repeat what the error says.
+warnings.simplefilter('ignore', Image.DecompressionBombWarning)
 
 BEGINNINGS = {'short': (6, 7), 'long': (18, 20)}  # words of a test description given to the model to complete
 PICTUREBOOK_DIR = 'data/picturebook'  # where train.py draws the picture-book world when it is missing
@@ -38,27 +44,93 @@ PICTUREBOOK_DIR = 'data/picturebook'  # where train.py draws the picture-book wo
 # -----------------------------------------------------------------------------
 # 1. The format: JSONL records and their pictures
 
-def read_jsonl(path):
+def read_jsonl(path, unique_ids=False):
+    """The records of a JSONL file: one JSON object a line, blank lines allowed, UTF-8 with or without a byte-order
+    mark (as Windows editors save it). A line that is not UTF-8, not JSON or not an object is a UserError naming
+    it; so, with unique_ids, is a record with an earlier record's "id" (one of the two would be lost)."""
     if not os.path.exists(path):
         raise UserError(f'{path} does not exist')
-    records = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise UserError(f'{path}:{n} is not valid JSON')
+    try:
+        with open(path, 'rb') as f:
+            lines = list(f)
+    except OSError as e:
+        raise UserError(f'cannot read {path}: {e.strerror or e}')
+    return parse_jsonl(path, lines, unique_ids)
+
+
+def parse_jsonl(path, lines, unique_ids=False):
+    """The records of the lines (bytes) of the JSONL file path, as read_jsonl says."""
+    records, line_of = [], {}
+    for n, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode('utf-8-sig' if n == 1 else 'utf-8')
+        except UnicodeDecodeError:
+            raise UserError(f'{path}:{n} is not UTF-8 text; save the file as UTF-8') from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f'{path}:{n} is not valid JSON') from None
+        if not isinstance(record, dict):
+            raise UserError(f'{path}:{n} is not a JSON object {{...}}; every line must be one record')
+        if unique_ids and 'id' in record:
+            first = line_of.setdefault(str(record['id']), n)
+            if first != n:
+                raise UserError(f'{path}:{n} has the same id as line {first} ({record["id"]!r}); '
+                                'give every record its own id')
+        records.append(record)
     return records
 
 
-def write_jsonl(path, records):
-    """Write all records to path atomically: a crash never leaves half a file where a whole one was."""
+def write_jsonl(path, records, kept=None):
+    """Write all records to path atomically: a crash or a full disk never leaves half a file where a whole one was.
+    kept: what to say was kept if the write fails (by default, the file as it was)."""
     tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        for r in records:
-            f.write(json.dumps(r) + '\n')
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w') as f:
+            for r in records:
+                f.write(json.dumps(r) + '\n')
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it takes the name: a full disk says so here, not after the rename
+        os.replace(tmp, path)
+    except OSError as e:
+        was = f'{path} as it was' if os.path.exists(path) else 'no half-written file'
+        raise write_failed(e, path, kept or was, [tmp]) from None
+
+
+def append_jsonl(path, records, kept):
+    """Append records to path as whole lines, on disk (fsync) before this returns, so a run stopped at any moment
+    keeps everything appended before. A line a full disk cut short is taken back: the file always ends on a whole
+    line. kept: what to say was kept if the write fails."""
+    lines = memoryview(''.join(json.dumps(r) + '\n' for r in records).encode())
+    try:
+        with open(path, 'ab', buffering=0) as f:  # unbuffered: nothing is left over to fail again on close
+            start = f.tell()
+            try:
+                while lines:  # one write may be cut short; the next then says why
+                    lines = lines[f.write(lines):]
+                os.fsync(f.fileno())
+            except OSError:
+                f.truncate(start)
+                raise
+    except OSError as e:
+        raise write_failed(e, path, kept) from None
+
+
+def read_log(path):
+    """The records of a log appended to as work is done (append_jsonl: chat.run_jobs, train.py). A line cut short by a killed run is removed, so that the next
+    append starts on a line of its own; a file that is not a JSONL log is refused before anything in it is touched."""
+    if not os.path.exists(path):
+        return []
+    with open(path, 'rb') as f:
+        raw = f.read()
+    whole = raw[:raw.rfind(b'\n') + 1]
+    records = parse_jsonl(path, whole.splitlines(keepends=True))
+    if len(whole) < len(raw):
+        with open(path, 'r+b') as f:
+            f.truncate(len(whole))
+    return records
 
 
 def add_beginnings(record):
@@ -70,14 +142,24 @@ def add_beginnings(record):
 
 
 def open_image(path):
-    """An image file as an RGB Pillow image, read whole; a missing or unreadable file is a UserError."""
+    """An image file as an RGB Pillow image, read whole and upright (a phone photo's EXIF orientation applied), a
+    transparent background white. A missing, unreadable or too large file (over Pillow's pixel limit, which stops a
+    decompression bomb from filling memory) is a UserError naming it."""
     if not os.path.exists(path):
         raise UserError(f'image {path} does not exist')
     try:
-        with Image.open(path) as im:
-            return im.convert('RGB')
-    except (OSError, SyntaxError, ValueError) as e:
-        raise UserError(f'cannot read image {path}: {e}')
+        with Image.open(path) as file:  # reads the header only
+            if Image.MAX_IMAGE_PIXELS and file.width * file.height > Image.MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(f'{file.width} x {file.height} pixels is over the limit of '
+                                                   f'{Image.MAX_IMAGE_PIXELS:,}: it could be a decompression bomb')
+            im = ImageOps.exif_transpose(file)  # a copy, read whole
+        if im.mode.startswith('I'):  # 16 bits a pixel (a scientific or medical PNG): the top 8 are what a viewer shows
+            im = Image.fromarray((np.asarray(im, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8))
+        if im.has_transparency_data:  # as a viewer shows it, not in the colour the hidden pixels happen to hold
+            im = Image.alpha_composite(Image.new('RGBA', im.size, 'white'), im.convert('RGBA'))
+        return im.convert('RGB')
+    except Exception as e:  # a damaged file makes Pillow's decoders raise errors of many kinds
+        raise UserError(f'cannot read image {path}: {e or type(e).__name__}') from None
 
 
 def load_image(path, size):
@@ -102,7 +184,12 @@ def make_picturebook(out_dir, n_train=12000, n_val=500, n_test=500, img_size=64,
     for split, i, scene, short, long in picturebook.pages([('test', n_test), ('val', n_val), ('train', n_train)], seed):
         rid = f'{split}-{i:05d}'
         image = f'images/{rid}.png'
-        picturebook.draw_scene(scene, img_size).save(os.path.join(out_dir, image))
+        path = os.path.join(out_dir, image)
+        try:
+            picturebook.draw_scene(scene, img_size).save(path)
+        except OSError as e:
+            raise write_failed(e, path, 'nothing that matters: a rerun draws the same scenes from the seed',
+                               [path]) from None
         records[split].append({'id': rid, 'image': image, 'short': short, 'long': long, 'scene': scene})
     for split, rows in records.items():
         write_jsonl(os.path.join(out_dir, f'{split}.jsonl'), [add_beginnings(r) for r in rows] if split == 'test' else rows)
@@ -179,41 +266,88 @@ def prepared_paths(data_dir, split, img_size):
 
 
 def prepare(data_dir, img_size, splits=('train', 'val')):
-    """Turn each split's JSONL and images into arrays (skipped where they are already there). Returns the tokenizer."""
-    vocab_path = os.path.join(data_dir, 'vocab.json')
-    if os.path.exists(vocab_path):
-        with open(vocab_path) as f:
-            tok = Tokenizer.from_state(json.load(f))
-    else:
-        train = read_jsonl(os.path.join(data_dir, 'train.jsonl'))
-        tok = Tokenizer.fit(r[s] for r in train for s in STYLES if r.get(s))
-        with open(vocab_path + '.tmp', 'w') as f:
-            json.dump(tok.state(), f)
-        os.replace(vocab_path + '.tmp', vocab_path)
+    """Turn each split's JSONL and images into arrays, or check the arrays an earlier run made against the JSONL.
+    Returns the tokenizer."""
+    tok = vocabulary(data_dir)
     for split in splits:
-        images_path, tokens_path = prepared_paths(data_dir, split, img_size)
-        if os.path.exists(images_path) and os.path.exists(tokens_path):
-            continue
         records = read_jsonl(os.path.join(data_dir, f'{split}.jsonl'))
         if not records:
             raise UserError(f'{data_dir}/{split}.jsonl has no records')
+        images_path, tokens_path = prepared_paths(data_dir, split, img_size)
+        if os.path.exists(images_path) and os.path.exists(tokens_path):
+            load_prepared(data_dir, split, img_size, len(records), len(tok))  # a damaged or stale array is refused
+            continue
         texts = [[[STYLE_TOKEN[s]] + tok.encode(r[s]) + [EOT] if r.get(s) else [] for s in STYLES] for r in records]
         T = max(len(t) for pair in texts for t in pair)
         tokens = np.full((len(records), 2, T), PAD, dtype=np.uint16)
         for i, pair in enumerate(texts):
             for j, t in enumerate(pair):
                 tokens[i, j, :len(t)] = t
-        images = np.lib.format.open_memmap(images_path + '.tmp.npy', mode='w+', dtype=np.uint8,
-                                           shape=(len(records), img_size, img_size, 3))
-        for i, r in enumerate(records):
-            images[i] = load_image(os.path.join(data_dir, r['image']), img_size)
-        images.flush()
-        del images
-        np.save(tokens_path + '.tmp.npy', tokens)
-        os.replace(tokens_path + '.tmp.npy', tokens_path)
-        os.replace(images_path + '.tmp.npy', images_path)
+        partial = [images_path + '.tmp.npy', tokens_path + '.tmp.npy']
+        try:
+            # A picture at a time into a plain file, not a memory map: on a full disk a write says so, where a memory
+            # map would kill the process with SIGBUS.
+            with open(partial[0], 'wb') as f:
+                np.lib.format.write_array_header_1_0(f, {'descr': '|u1', 'fortran_order': False,
+                                                         'shape': (len(records), img_size, img_size, 3)})
+                for r in records:
+                    f.write(load_image(os.path.join(data_dir, r['image']), img_size).tobytes())
+            np.save(partial[1], tokens)
+            os.replace(partial[1], tokens_path)
+            os.replace(partial[0], images_path)
+        except BaseException as e:  # a full disk, an unreadable picture or Ctrl-C: no half-made array is left
+            for path in partial:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            if isinstance(e, OSError):
+                raise write_failed(e, f'the prepared {split} arrays in {data_dir}',
+                                   'the dataset; they are prepared on the next run') from None
+            raise
         print(f'prepared {split}: {len(records)} images at {img_size}px, texts up to {T} tokens, vocab {len(tok)}')
     return tok
+
+
+def vocabulary(data_dir):
+    """The tokenizer of data_dir/vocab.json, fitted on the training texts and written there the first time."""
+    path = os.path.join(data_dir, 'vocab.json')
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                return Tokenizer.from_state(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f'{path} is damaged ({e}); delete it and the .npy files beside it, and run again to prepare '
+                            'them again (a checkpoint made with the old vocabulary cannot resume on the new one)')
+    train = read_jsonl(os.path.join(data_dir, 'train.jsonl'))
+    tok = Tokenizer.fit(r[s] for r in train for s in STYLES if r.get(s))
+    try:
+        with open(path + '.tmp', 'w') as f:
+            json.dump(tok.state(), f)
+        os.replace(path + '.tmp', path)
+    except OSError as e:
+        raise write_failed(e, path, 'the dataset; the vocabulary is made again on the next run',
+                           [path + '.tmp']) from None
+    return tok
+
+
+def load_prepared(data_dir, split, img_size, n=None, vocab_size=None):
+    """A split's prepared arrays, the images memory-mapped, checked for what a damaged or out-of-date file shows: an
+    unreadable array, the wrong type or shape, and (where given) a record count other than the JSONL's n or a token
+    id outside the vocabulary. Either is a UserError that says to prepare them again."""
+    images_path, tokens_path = prepared_paths(data_dir, split, img_size)
+    again = f'delete {images_path} and {tokens_path}, and run again to prepare them again'
+    try:
+        images, tokens = np.load(images_path, mmap_mode='r'), np.load(tokens_path)
+    except Exception:  # whatever np.load makes of damaged bytes: ValueError, OSError, EOFError, an unpickling error
+        raise UserError(f'the prepared {split} arrays in {data_dir} are damaged (numpy cannot read them); {again}') from None
+    what = (f'the pictures are not uint8 (N, {img_size}, {img_size}, 3)'
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (img_size, img_size, 3) else
+            'the texts are not uint16 (N, 2, T)' if tokens.dtype != np.uint16 or tokens.ndim != 3 or tokens.shape[1] != 2 else
+            f'{len(images)} pictures but {len(tokens)} texts' if len(images) != len(tokens) else
+            f'{len(images)} records where {split}.jsonl has {n}' if n is not None and len(images) != n else
+            'token ids beyond the vocabulary' if vocab_size is not None and tokens.size and tokens.max() >= vocab_size else '')
+    if what:
+        raise UserError(f'the prepared {split} arrays in {data_dir} are damaged or out of date ({what}); {again}')
+    return images, tokens
 
 
 def ensure_dataset(data_dir, img_size):
@@ -234,9 +368,7 @@ class Split:
 
     def __init__(self, data_dir, split, img_size, style_token=True):
         self.style_token = style_token  # False: every text starts with <|endoftext|> instead, whatever its style
-        images_path, tokens_path = prepared_paths(data_dir, split, img_size)
-        self.images = np.load(images_path, mmap_mode='r')
-        self.tokens = np.load(tokens_path)
+        self.images, self.tokens = load_prepared(data_dir, split, img_size)
         self.has_style = [np.flatnonzero(self.tokens[:, s, 0] != PAD) for s in range(2)]  # records with that text
 
     def batch(self, style, batch_size, rng, device, rank=0, world=1):
@@ -264,6 +396,18 @@ class Split:
 # -----------------------------------------------------------------------------
 # 6. And back: descriptions from a model
 
+def start_tokens(tokenizer, style, prompt, block_size):
+    """What the model continues: [style token] + the prompt's tokens ([<|endoftext|>] + ... for style None). A
+    UserError if it leaves the model no room to write (block_size tokens is the longest text it reads)."""
+    if style is not None and style not in STYLE_TOKEN:
+        raise UserError(f'--style={style}: use short or long')
+    start = [STYLE_TOKEN[style] if style else EOT] + tokenizer.encode(prompt.rstrip())
+    if len(start) >= block_size:
+        raise UserError(f'the prompt is {len(start) - 1} tokens long; this model reads at most {block_size} tokens, so '
+                        f'give it a beginning of fewer than {block_size - 1} ({prompt[:40]!r}...)')
+    return start
+
+
 @torch.no_grad()
 def describe(model, tokenizer, images, style='short', prompt='', temperature=0.7, top_k=20, max_new_tokens=120,
              use_cache=True):
@@ -271,12 +415,10 @@ def describe(model, tokenizer, images, style='short', prompt='', temperature=0.7
     all, or a list of B prompts of the same length in tokens. The model continues [style token] + prompt, the way
     every training text begins (style None: <|endoftext|>, for a model trained with --style_token=false).
     Returns B strings."""
-    if style is not None and style not in STYLE_TOKEN:
-        raise UserError(f'--style={style}: use short or long')
     device = next(model.parameters()).device
     images = torch.as_tensor(np.array(images)).to(device)  # a copy: memory-mapped arrays are read-only
     prompts = [prompt] * len(images) if isinstance(prompt, str) else prompt
-    starts = [[STYLE_TOKEN[style] if style else EOT] + tokenizer.encode(p.rstrip()) for p in prompts]
+    starts = [start_tokens(tokenizer, style, p, model.config.block_size) for p in prompts]
     idx = torch.tensor(starts, dtype=torch.long, device=device)  # (B, T): fails unless all have the same length
     new = model.generate(images, idx, max_new_tokens, temperature=temperature, top_k=top_k, eot=EOT,
                          use_cache=use_cache)

@@ -35,7 +35,7 @@ import numpy as np
 
 import chat
 import data
-from cli import UserError, parse_flags, run_cli
+from cli import UserError, parse_flags, run_cli, write_failed
 from picturebook import facts, true_of
 
 DEFAULTS = {
@@ -166,7 +166,7 @@ def grade_key(record, c):
 
 def cached_grades(path):
     """key -> the latest successful grade in the cache (failed grades are asked again)."""
-    return {r['key']: r for r in chat.read_log(path) if 'scores' in r}
+    return {r['key']: r for r in data.read_log(path) if 'scores' in r}
 
 
 def gpt(records, c):
@@ -187,8 +187,13 @@ def gpt(records, c):
 
         def grade_one(item):
             key, record = item
-            scores, problem, usage = endpoint.ask(grade_messages(record, c.with_image), lambda reply: check_grade(reply, names),
-                                              response_format, c.max_attempts, temperature=0)
+            try:
+                messages = grade_messages(record, c.with_image)
+            except UserError as e:  # the picture cannot be read: nothing is sent, the others are graded
+                return {'key': key, 'id': record.get('id'), 'failed': str(e),
+                        'usage': {'prompt_tokens': 0, 'completion_tokens': 0}}
+            scores, problem, usage = endpoint.ask(messages, lambda reply: check_grade(reply, names), response_format,
+                                                  c.max_attempts, temperature=0)
             return {'key': key, 'id': record.get('id'), **({'scores': scores} if scores else {'failed': problem}),
                     'usage': usage}
 
@@ -364,8 +369,12 @@ def main(argv):
         results = {path: rouge(rs, indexes[train[path]]) for path, rs in records.items()}
     print(table(results))
     if c.json:
-        with open(c.json, 'w') as f:
-            json.dump(results, f, indent=2)
+        try:
+            with open(c.json, 'w') as f:
+                json.dump(results, f, indent=2)
+        except OSError as e:
+            raise write_failed(e, c.json, 'the table above' + (f', every grade in {c.cache}' if c.judge == 'gpt' else ''),
+                               [c.json]) from None
 
 
 if __name__ == '__main__':

@@ -14,8 +14,10 @@ With --jsonl every record of a dataset file is described (images resolved relati
 --out as {"id", "image", "style", "prompt", "text", "reference", "dataset"}: text is the whole description, the
 prompt included, reference the record's own description in that style, and dataset the folder of the JSONL (where
 grade.py finds the training text). The record's "scene", if it has one, is copied so that grade.py can check the
-text against the picture. --task=complete is the paper's test: each record of a test.jsonl is completed from its
-own beginning (its "prompts", 6-7 words short, 18-20 long):
+text against the picture. Each batch is appended to --out as it is done, so an interrupted run keeps what it made
+and the same command again describes only the rest (delete --out to describe everything again); a picture that
+cannot be read is said and skipped. --task=complete is the paper's test: each record of a test.jsonl is completed
+from its own beginning (its "prompts", 6-7 words short, 18-20 long):
 
     python sample.py --out_dir=out-tiny --jsonl=data/picturebook/test.jsonl --task=complete --style=long --out=long.jsonl
 """
@@ -57,6 +59,10 @@ def main(argv):
         raise UserError('--jsonl needs --out=FILE for the descriptions')
     if f['task'] not in ('describe', 'complete') or f['task'] == 'complete' and not f['jsonl']:
         raise UserError(f"--task={f['task']}: use describe, or complete with --jsonl")
+    if f['jsonl'] and os.path.realpath(f['out']) == os.path.realpath(f['jsonl']):
+        raise UserError(f"--out={f['out']} is the input file --jsonl; write the descriptions to another file")
+    if f['jsonl'] and not os.path.isdir(os.path.dirname(os.path.abspath(f['out']))):
+        raise UserError(f"--out={f['out']}: its folder does not exist")
     device = pick_device(f['device'])
     model, tokenizer = model_from_checkpoint(load_checkpoint(os.path.join(f['out_dir'], 'ckpt.pt'), device))
     model.to(device)
@@ -66,32 +72,76 @@ def main(argv):
     if f['image']:
         print(describe(model, tokenizer, data.load_image(f['image'], size)[None], prompt=f['prompt'], **opts)[0])
         return
-    records = data.read_jsonl(f['jsonl'])[:f['n'] or None]
+    describe_file(model, tokenizer, f, opts)
+
+
+def describe_file(model, tokenizer, f, opts):
+    """Describe the records of f['jsonl'] that f['out'] does not hold yet, appending each batch to it as it is done;
+    a picture that cannot be read is said and skipped. Then f['out'] is put in the input's order."""
+    records = data.read_jsonl(f['jsonl'], unique_ids=True)[:f['n'] or None]
+    missing = [r.get('id') for r in records if not r.get('image')]
+    if missing:
+        raise UserError(f"{len(missing)} records of {f['jsonl']} (e.g. {missing[0]}) have no \"image\"")
     if f['task'] == 'complete':
         missing = [r.get('id') for r in records if f['style'] not in r.get('prompts', {})]
         if missing:
             raise UserError(f"{len(missing)} records of {f['jsonl']} (e.g. {missing[0]}) have no {f['style']} beginning "
                             "in \"prompts\": use a test.jsonl made by this version of data.py or build.py")
-    prompts = [r['prompts'][f['style']] if f['task'] == 'complete' else f['prompt'] for r in records]
     root = os.path.dirname(f['jsonl'])
-    out = [None] * len(records)
-    lengths = [len(tokenizer.encode(p.rstrip())) for p in prompts]
+    paths = [os.path.join(root, r['image']) for r in records]
+    prompts = [r['prompts'][f['style']] if f['task'] == 'complete' else f['prompt'] for r in records]
+    keys = [key({'id': r.get('id', path), 'style': f['style'], 'prompt': prompt})
+            for r, path, prompt in zip(records, paths, prompts)]
+    done = {key(m) for m in made_before(f['out'])}  # an earlier run's descriptions are not made again
+    todo = [i for i, k in enumerate(keys) if k not in done]
+    if len(todo) < len(records):
+        print(f"{len(records) - len(todo):,} of {len(records):,} records are already described in {f['out']} "
+              '(delete it to describe them again)')
+    lengths = [len(data.start_tokens(tokenizer, f['style'], p, model.config.block_size)) for p in prompts]
     batches = []  # prompts of equal length in tokens are described together: a batch is one tensor
-    for _, same in groupby(sorted(range(len(records)), key=lengths.__getitem__), key=lengths.__getitem__):
+    for _, same in groupby(sorted(todo, key=lengths.__getitem__), key=lengths.__getitem__):
         same = list(same)
         batches += [same[k:k + f['batch_size']] for k in range(0, len(same), f['batch_size'])]
+    written, skipped = 0, 0
     for batch in batches:
-        paths = [os.path.join(root, records[i]['image']) for i in batch]
-        texts = describe(model, tokenizer, np.stack([data.load_image(p, size) for p in paths]),
-                         prompt=[prompts[i] for i in batch], **opts)
-        for i, path, text in zip(batch, paths, texts):
+        pictures = {}
+        for i in batch:
+            try:
+                pictures[i] = data.load_image(paths[i], model.config.img_size)
+            except UserError as e:
+                print(f'skipped: {e}')
+                skipped += 1
+        if not pictures:
+            continue
+        texts = describe(model, tokenizer, np.stack(list(pictures.values())), prompt=[prompts[i] for i in pictures], **opts)
+        rows = []
+        for i, text in zip(pictures, texts):
             r = records[i]
-            out[i] = {'id': r.get('id', path), 'image': path, 'style': f['style'], 'prompt': prompts[i], 'text': text,
-                      'reference': r.get(f['style'], ''), 'dataset': root,
-                      **({'scene': r['scene']} if 'scene' in r else {})}
-        print(f'described {sum(o is not None for o in out)}/{len(records)}', end='\r', flush=True)
-    data.write_jsonl(f['out'], out)
-    print(f'\nwrote {len(out)} descriptions to {f["out"]}')
+            rows.append({'id': r.get('id', paths[i]), 'image': paths[i], 'style': f['style'], 'prompt': prompts[i],
+                         'text': text, 'reference': r.get(f['style'], ''), 'dataset': root,
+                         **({'scene': r['scene']} if 'scene' in r else {})})
+        data.append_jsonl(f['out'], rows, f'the {written:,} descriptions written before; a rerun describes only the rest')
+        written += len(pictures)
+        print(f'described {written}/{len(todo)}', end='\r', flush=True)
+    made, order = made_before(f['out']), {k: n for n, k in enumerate(keys)}
+    ordered = sorted(made, key=lambda m: order.get(key(m), len(keys)))
+    if ordered != made:  # batches go by prompt length; the file reads in the input's order
+        data.write_jsonl(f['out'], ordered, f"every description, in {f['out']} in the order they were made")
+    print(f"\nwrote {written:,} descriptions to {f['out']}" +
+          (f'; {skipped:,} pictures could not be read and were skipped (said above)' if skipped else ''))
+
+
+def made_before(path):
+    """The descriptions an earlier run appended to path; a file of something else is refused, never appended to."""
+    made = data.read_log(path)
+    if any(not isinstance(m.get('text'), str) or 'style' not in m for m in made):
+        raise UserError(f'{path} holds records that are not descriptions by sample.py; give another --out')
+    return made
+
+
+def key(description):
+    """What a description answers: which record, in which style, from which beginning."""
+    return str(description.get('id')), description['style'], description.get('prompt')
 
 
 if __name__ == '__main__':

@@ -20,7 +20,6 @@ once per step (not per micro-step), and only the first process logs and saves. T
 target tokens of the whole global batch, and the connector's BatchNorm uses global-batch statistics, so N
 processes take exactly the steps one process would take on the union of their batches (a test checks it).
 """
-import json
 import math
 import os
 import signal
@@ -237,11 +236,7 @@ def restore_random_states(rng, states, rank):
 def keep_log_until(log_path, step):
     """Drop the log lines of steps after the checkpoint's: the resumed run writes them again, exactly."""
     if os.path.exists(log_path):
-        with open(log_path) as f:
-            lines = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-        with open(log_path + '.tmp', 'w') as f:
-            f.writelines(lines)
-        os.replace(log_path + '.tmp', log_path)
+        data.write_jsonl(log_path, [r for r in data.read_log(log_path) if r['step'] <= step])
 
 
 class StopRequest:
@@ -348,9 +343,8 @@ def train(c, given=()):
         peak, peak_source = peak_flops(device, dtype, c.peak_flops)
         print(f'MFU is a share of {peak / 1e12:.3g} TFLOP/s ({peak_source})')
 
-    def write_log(entry):
-        with open(log_path, 'a') as f:
-            f.write(json.dumps(entry) + '\n')
+    def write_log(entry):  # on disk at once; a full disk stops the run in one line, the checkpoint kept
+        data.append_jsonl(log_path, [entry], kept=f'{log_path} up to step {step} and the last checkpoint')
 
     def calibrate():  # every process calibrates: the BatchNorm sums over them
         calib_rng = np.random.default_rng(0)
@@ -371,6 +365,8 @@ def train(c, given=()):
             if stop.agreed(ddp):
                 calibrate()
                 save()
+                if ddp:
+                    dist.barrier()  # the first process is saving: nobody leaves (and is torn down) before it is done
                 log(f'interrupted at step {step}: saved {ckpt_path}; go on with '
                     f'python train.py --init_from=resume --out_dir={c.out_dir}')
                 raise KeyboardInterrupt
@@ -409,11 +405,12 @@ def train(c, given=()):
                 if master:
                     write_log({'step': step, 'train': means, 'lr': lr, 'ms': ms, 'mfu': mfu})
                 t0, flops, interval = t1, 0, {}
-        log(f'done: {step} steps in {time.time() - t_start:.0f}s, checkpoint {ckpt_path}')
-    finally:
-        stop.restore()
         if ddp:
             dist.barrier()  # the first process may still be saving: nobody leaves before it is done
+        log(f'done: {step} steps in {time.time() - t_start:.0f}s, checkpoint {ckpt_path}')
+    finally:  # after an error too (a one-line one, or a full disk), without waiting for processes that may not come
+        stop.restore()
+        if ddp:
             dist.destroy_process_group()
         if lock:
             lock.close()

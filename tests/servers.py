@@ -147,6 +147,10 @@ class ChatHandler(_Quiet):
             return self.error(429, 'You exceeded your current quota.', 'insufficient_quota')
         if kind in ('400', '500', '503'):
             return self.error(int(kind), f'The server says {kind}.', 'server_error')
+        if kind == 'html502':  # a proxy in front of the server says it is down, as a web page
+            page = b'<html>\n<head><title>502 Bad Gateway</title></head>\n<body>\n<center><h1>502 Bad Gateway</h1></center>\n' \
+                   b'<hr><center>nginx/1.25.3</center>\n</body>\n</html>\n'
+            return self.send(502, page, [('Content-Type', 'text/html')])
         if kind == 'broken':  # 200, but not a Chat Completions response
             return self.send(200, b'<html>gateway hiccup</html>')
         if kind == 'refusal':  # how structured outputs decline
@@ -169,7 +173,7 @@ class ChatHandler(_Quiet):
 def chat_server(key='sk-test-0123456789', script=(), delay=0.0):
     """A Chat Completions server that accepts `key`; each request takes the next step of `script` ('good',
     'fenced', 'prose', 'malformed', 'broken', 'refusal', 'long', ('429', seconds), 'quota', '400', '500', '503',
-    ('sleep', seconds), ('content', text)), then server.default ('good') once the script is spent."""
+    'html502', ('sleep', seconds), ('content', text)), then server.default ('good') once the script is spent."""
     server = Server(ChatHandler)
     server.key, server.script, server.delay, server.default = key, list(script), delay, 'good'
     return server

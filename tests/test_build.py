@@ -81,7 +81,7 @@ def test_coco_build_writes_the_dataset_format(tmp_path, coco, api):
         system, user = e['body']['messages']
         assert 'three or four years old' in system['content']
         assert [p['type'] for p in user['content']] == ['text'] and user['content'][0]['text'].count('\n- A dog number') == 5
-    log = chat.read_log(os.path.join(out, 'build.jsonl'))
+    log = data.read_log(os.path.join(out, 'build.jsonl'))
     assert len(log) == 10 and all(r['usage'] == {'prompt_tokens': 100, 'completion_tokens': 50} for r in log)
     for root, _, names in os.walk(out):  # the key is never written anywhere
         for name in names:
@@ -135,9 +135,9 @@ def test_a_server_that_stays_down_stops_the_run_with_work_saved(tmp_path, coco, 
     api.script = ['good', '503', '503', '503']
     with pytest.raises(UserError, match='3 times in a row; finished work is saved: run the same command again'):
         build_coco(str(tmp_path / 'coco'), coco, api, '--max_retries=2', '--workers=1', n=3, n_test=0)
-    assert len(chat.read_log(str(tmp_path / 'coco' / 'build.jsonl'))) == 1
+    assert len(data.read_log(str(tmp_path / 'coco' / 'build.jsonl'))) == 1
     build_coco(str(tmp_path / 'coco'), coco, api, '--max_retries=2', '--workers=1', n=3, n_test=0)  # goes on
-    assert len(chat.read_log(str(tmp_path / 'coco' / 'build.jsonl'))) == 3
+    assert len(data.read_log(str(tmp_path / 'coco' / 'build.jsonl'))) == 3
 
 
 @pytest.mark.parametrize('reply', ['fenced', 'prose'])
@@ -164,7 +164,7 @@ def test_too_long_descriptions_are_retried_then_skipped(tmp_path, coco, api):
     assert len(chat_requests(api)) == 3 + 2
     assert 'Not quite: the short description has 48 words; it must have 20 to 25' in \
         chat_requests(api)[2]['body']['messages'][-1]['content']
-    log = chat.read_log(os.path.join(out, 'build.jsonl'))
+    log = data.read_log(os.path.join(out, 'build.jsonl'))
     skipped = [r for r in log if 'skipped' in r]
     assert len(skipped) == 1 and '3 replies broke the rules' in skipped[0]['skipped'] and 'has 48 words' in skipped[0]['skipped']
     assert skipped[0]['usage'] == {'prompt_tokens': 300, 'completion_tokens': 150}
@@ -181,14 +181,14 @@ def test_an_invalid_key_stops_at_the_first_request(tmp_path, coco, api, monkeypa
     assert 'refused the API key' in str(e.value) and 'OPENAI_API_KEY' in str(e.value)
     assert 'sk-wrong-key-999' not in str(e.value)
     assert len(api.log) == 1  # not one request per worker, nor per image
-    assert chat.read_log(str(tmp_path / 'coco' / 'build.jsonl')) == []
+    assert data.read_log(str(tmp_path / 'coco' / 'build.jsonl')) == []
 
 
 def test_no_quota_stops_the_run(tmp_path, coco, api):
     api.script = ['good', 'quota']
     with pytest.raises(UserError, match='no quota left'):
         build_coco(str(tmp_path / 'coco'), coco, api, '--workers=1')
-    assert len(api.log) == 2 and len(chat.read_log(str(tmp_path / 'coco' / 'build.jsonl'))) == 1
+    assert len(api.log) == 2 and len(data.read_log(str(tmp_path / 'coco' / 'build.jsonl'))) == 1
 
 
 def test_a_request_the_server_turns_down_skips_that_image_or_stops_if_it_is_the_first(tmp_path, coco, api):
@@ -197,7 +197,7 @@ def test_a_request_the_server_turns_down_skips_that_image_or_stops_if_it_is_the_
         build_coco(str(tmp_path / 'a'), coco, api, n=2, n_test=0)
     api.script = ['good', '400', 'refusal']
     build_coco(str(tmp_path / 'b'), coco, api, '--workers=1', n=3, n_test=0)
-    log = chat.read_log(str(tmp_path / 'b' / 'build.jsonl'))
+    log = data.read_log(str(tmp_path / 'b' / 'build.jsonl'))
     assert [r.get('skipped', '')[:34] for r in log] == ['', 'the server turned the request down', 'the server turned the request down']
     assert 'HTTP 400' in log[1]['skipped'] and "the model refused: I'm sorry" in log[2]['skipped']
 
@@ -214,16 +214,16 @@ def test_interrupting_and_rerunning_loses_and_duplicates_nothing(tmp_path, coco,
     p = subprocess.Popen(argv, cwd=root, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log_path = os.path.join(out, 'build.jsonl')
     deadline = time.time() + 60
-    while time.time() < deadline and len(chat.read_log(log_path)) < 3:
+    while time.time() < deadline and len(data.read_log(log_path)) < 3:
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and 'interrupted' in err
-    partial = chat.read_log(log_path)
+    partial = data.read_log(log_path)
     assert 3 <= len(partial) < 12 and not os.path.exists(os.path.join(out, 'train.jsonl'))
     api.delay = 0.0
     build_coco(out, coco, api, n=10, n_test=2)
-    ids = [r['id'] for r in chat.read_log(log_path)]
+    ids = [r['id'] for r in data.read_log(log_path)]
     assert len(ids) == len(set(ids)) == 12 and set(ids) >= {r['id'] for r in partial}
     assert len(chat_requests(api)) == 12  # the requests in flight at Ctrl-C finished and were kept
     assert sorted(r['id'] for r in sum(splits(out).values(), [])) == sorted(ids)
@@ -233,7 +233,7 @@ def test_a_line_cut_short_by_a_killed_run_is_dropped(tmp_path):
     path = str(tmp_path / 'build.jsonl')
     with open(path, 'w') as f:
         f.write(json.dumps({'id': 'a'}) + '\n' + '{"id": "b", "sho')
-    assert chat.read_log(path) == [{'id': 'a'}]
+    assert data.read_log(path) == [{'id': 'a'}]
     with open(path) as f:
         assert f.read() == '{"id": "a"}\n'  # the next append starts on a line of its own
 
@@ -322,7 +322,7 @@ def test_folder_build_shows_the_model_each_picture(tmp_path, api):
         assert text['text'] == build.IMAGE_PROMPT and image['image_url']['detail'] == 'low'
         jpeg = base64.b64decode(image['image_url']['url'].split(',', 1)[1])
         assert max(Image.open(io.BytesIO(jpeg)).size) <= 512
-    log = chat.read_log(os.path.join(out, 'build.jsonl'))
+    log = data.read_log(os.path.join(out, 'build.jsonl'))
     assert [r['id'] for r in log if 'skipped' in r] == ['broken.jpg']
     records = sum(splits(out).values(), [])
     assert len(records) == 5 and {os.path.basename(r['image']) for r in records} == {f'p{i}.png' for i in range(5)}

@@ -104,6 +104,19 @@ def test_gpt_with_the_picture_adds_a_sixth_score(tmp_path, api, gpt):
     assert 'picture' in api.log[0]['body']['response_format']['json_schema']['schema']['required']
 
 
+def test_a_picture_that_cannot_be_read_is_a_failed_grade_not_the_end_of_the_run(tmp_path, api, gpt):
+    from PIL import Image
+    Image.new('RGB', (40, 40), (200, 0, 0)).save(tmp_path / 'x.png')
+    path = samples(tmp_path / 'a.jsonl', 3, 'a')
+    data.write_jsonl(path, [r | {'image': str(tmp_path / ('x.png' if i != 1 else 'gone.png'))}
+                            for i, r in enumerate(data.read_jsonl(path))])
+    api.default = ('content', json.dumps(marks(7, 7, 7, 7, 7, picture=4)))
+    results = gpt([path], '--with_image=true', '--workers=1')
+    assert results[path]['n'] == 2 and results[path]['failed'] == 1 and len(api.log) == 2
+    failed = [r for r in data.read_log(str(tmp_path / 'cache.jsonl')) if 'failed' in r]
+    assert len(failed) == 1 and failed[0]['failed'] == f"image {tmp_path / 'gone.png'} does not exist"
+
+
 def test_gpt_retries_429_5xx_and_timeouts(tmp_path, api, gpt):
     api.script = [('429', 1), '500', '503', ('sleep', 2.0)]
     results = gpt([samples(tmp_path / 'a.jsonl', 3, 'a')], '--workers=1', '--timeout=0.5')

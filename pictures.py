@@ -258,8 +258,9 @@ def attention_picture(model, tokenizer, image, text, path, style='short', layer=
     image = np.asarray(image, dtype=np.uint8)
     if image.shape != (cfg.img_size, cfg.img_size, 3):
         raise UserError(f'the picture is {image.shape}; this model reads ({cfg.img_size}, {cfg.img_size}, 3)')
-    if style not in STYLE_TOKEN:
+    if style is not None and style not in STYLE_TOKEN:
         raise UserError(f'--style={style}: use short or long')
+    start_id = STYLE_TOKEN[style] if style else EOT  # None: a model trained with --style_token=false
     if layer is not None and not -cfg.n_layer <= layer < cfg.n_layer:
         raise UserError(f'layer {layer}: the decoder has {cfg.n_layer} blocks (0 to {cfg.n_layer - 1})')
     training = model.training
@@ -268,7 +269,7 @@ def attention_picture(model, tokenizer, image, text, path, style='short', layer=
         images = torch.from_numpy(image[None].copy()).to(device)
         if text is None:  # greedily, as data.describe would, but keeping the very tokens the model wrote: encoding
             # its text again may spell it otherwise (GPT-2 has several ways to write '....'), tokens it never wrote
-            start = torch.tensor([[STYLE_TOKEN[style]]], device=device)
+            start = torch.tensor([[start_id]], device=device)
             ids = model.generate(images, start, cfg.block_size, temperature=0, eot=EOT)[0].tolist()
             ids = ids[:ids.index(EOT)] if EOT in ids else ids
             text = tokenizer.decode(ids)
@@ -276,7 +277,7 @@ def attention_picture(model, tokenizer, image, text, path, style='short', layer=
             ids = tokenizer.encode(text.strip())
         if len(ids) + 1 > cfg.block_size:
             raise UserError(f'the text is {len(ids)} tokens; this model reads at most {cfg.block_size - 1}')
-        idx = torch.tensor([[STYLE_TOKEN[style]] + ids], device=device)
+        idx = torch.tensor([[start_id] + ids], device=device)
         encoder, decoder = attention_weights(model, images, idx)
     finally:
         model.train(training)
@@ -351,7 +352,7 @@ SERIES = {'train/short': ((140, 180, 225), 1), 'train/long': ((250, 185, 130), 1
           'val/short': ((30, 90, 180), 3), 'val/long': ((215, 100, 0), 3)}
 
 
-def read_log(log_path):
+def loss_series(log_path):
     """The losses in train_log.jsonl: {'train/short': [(step, loss)], 'train/long': .., 'val/short': ..,
     'val/long': ..}, from the training lines {"step", "train": {"short": .., "long": ..}, ...} (each style's mean
     loss over the steps since the line before) and the validation losses of the
@@ -393,8 +394,8 @@ def number(v):
 def loss_curves(log_path, png_path, width=720, height=440, log_y=True, size=13):
     """Draw the training loss of each style (steps alternate styles, so each has its own line) and the validation
     loss of each style against the step, with axes, ticks and a legend (the last value of each line in it); the
-    loss axis is logarithmic where log_y and every loss is positive. Returns the series drawn (see read_log)."""
-    series = read_log(log_path)
+    loss axis is logarithmic where log_y and every loss is positive. Returns the series drawn (see loss_series)."""
+    series = loss_series(log_path)
     f, small = font(size), font(size - 1)
     points = [p for s in series.values() for p in s]
     log_y = log_y and all(loss > 0 for _, loss in points)

@@ -3,12 +3,20 @@ Describe pictures with a trained NanoVLM, or complete a description you begin.
 
     python sample.py --out_dir=out-tiny --image=data/picturebook/images/test-00000.png
     python sample.py --out_dir=out-tiny --image=photo.jpg --prompt="The red" --style=long
-    python sample.py --out_dir=out-tiny --jsonl=data/picturebook/test.jsonl --out=samples.jsonl
+    python sample.py --out_dir=out-tiny --jsonl=data/picturebook/test.jsonl --out=samples.jsonl --sheet=sheet.png
+    python sample.py --out_dir=out-tiny --image=data/picturebook/images/test-00000.png --attention=attention.png
+    python sample.py --out_dir=out-tiny --scene='{"sky": "night", "ground": "snow", "objects": [{"kind": "tree", "color": "blue", "size": "big", "where": "left"}]}'
 
 How the style is chosen: one model learns both styles. Every training text starts with a style token, <|short|> or
 <|long|>, and the model learns to write a ShortDesc after the first and a LongDesc after the second (the paper
 trained a separate model per dataset; one model with a style token is cheaper and shares what it sees). --style
 picks the token; a --prompt is the beginning of the description, which the model continues.
+
+Pictures of what the model sees (pictures.py): --sheet=PNG draws the pictures with their descriptions beneath,
+every false fact marked where the truth is known (picture-book); --attention=PNG draws, for one picture, where the
+decoder looked while writing each word (or, for a model that sees through the CLS token alone, where CLS looked).
+--scene=JSON draws a picture-book scene you write (the "scene" of a record) and describes it, saying how many of the
+facts it states are true: try an object in a colour the model never saw it in.
 
 With --jsonl every record of a dataset file is described (images resolved relative to that file) and written to
 --out as {"id", "image", "style", "prompt", "text", "reference", "dataset"}: text is the whole description, the
@@ -21,6 +29,7 @@ from its own beginning (its "prompts", 6-7 words short, 18-20 long):
 
     python sample.py --out_dir=out-tiny --jsonl=data/picturebook/test.jsonl --task=complete --style=long --out=long.jsonl
 """
+import json
 import os
 from itertools import groupby
 
@@ -28,6 +37,9 @@ import numpy as np
 import torch
 
 import data
+import grade
+import pictures
+import picturebook
 from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import UserError, parse_flags, pick_device, run_cli
 from data import describe
@@ -35,6 +47,7 @@ from data import describe
 DEFAULTS = dict(
     out_dir='out-tiny',     # folder of the checkpoint (ckpt.pt)
     image='',               # describe this one image ...
+    scene='',               # ... or a picture-book scene drawn from this JSON ...
     jsonl='',               # ... or every record of this JSONL dataset file
     out='',                 # with --jsonl: write the descriptions here (JSONL)
     n=0,                    # with --jsonl: only the first n records (0: all)
@@ -47,14 +60,18 @@ DEFAULTS = dict(
     batch_size=64,          # images described at once
     seed=1337,              # for sampling
     device='auto',          # auto, cpu, cuda, mps
+    sheet='',               # also draw a sample sheet (PNG) of the pictures described (with --jsonl: the first 16)
+    attention='',           # with --image or --scene: also draw where the model looked, word by word (PNG)
 )
 
 
 def main(argv):
     f = parse_flags(DEFAULTS, argv, minimum={'batch_size': 1, 'max_new_tokens': 1, 'n': 0, 'top_k': 0, 'temperature': 0},
                     doc=__doc__, sources=['sample'])
-    if bool(f['image']) == bool(f['jsonl']):
-        raise UserError('give one of --image=PATH or --jsonl=FILE')
+    if sum(map(bool, (f['image'], f['scene'], f['jsonl']))) != 1:
+        raise UserError('give one of --image=PATH, --scene=JSON or --jsonl=FILE')
+    if f['attention'] and f['jsonl']:
+        raise UserError('--attention draws one picture: use it with --image or --scene')
     if f['jsonl'] and not f['out']:
         raise UserError('--jsonl needs --out=FILE for the descriptions')
     if f['task'] not in ('describe', 'complete') or f['task'] == 'complete' and not f['jsonl']:
@@ -64,15 +81,32 @@ def main(argv):
     if f['jsonl'] and not os.path.isdir(os.path.dirname(os.path.abspath(f['out']))):
         raise UserError(f"--out={f['out']}: its folder does not exist")
     device = pick_device(f['device'])
-    model, tokenizer = model_from_checkpoint(load_checkpoint(os.path.join(f['out_dir'], 'ckpt.pt'), device))
+    ckpt = load_checkpoint(os.path.join(f['out_dir'], 'ckpt.pt'), device)
+    model, tokenizer = model_from_checkpoint(ckpt)
     model.to(device)
     torch.manual_seed(f['seed'])
-    size = model.config.img_size
-    opts = dict(style=f['style'], temperature=f['temperature'], top_k=f['top_k'], max_new_tokens=f['max_new_tokens'])
-    if f['image']:
-        print(describe(model, tokenizer, data.load_image(f['image'], size)[None], prompt=f['prompt'], **opts)[0])
+    style = f['style'] if ckpt['config'].get('style_token', True) else None  # trained without: no style to pick
+    opts = dict(style=style, temperature=f['temperature'], top_k=f['top_k'], max_new_tokens=f['max_new_tokens'])
+    if f['jsonl']:
+        describe_file(model, tokenizer, f, opts)
+        if f['sheet']:
+            made = made_before(f['out'])[:16]
+            pictures.sample_sheet([data.load_image(m['image'], model.config.img_size) for m in made],
+                                  [m['text'] for m in made], f['sheet'], scenes=[m.get('scene') for m in made])
         return
-    describe_file(model, tokenizer, f, opts)
+    scene = read_scene(f['scene']) if f['scene'] else None
+    image = np.asarray(picturebook.draw_scene(scene, model.config.img_size)) if scene else \
+        data.load_image(f['image'], model.config.img_size)  # (S, S, 3) uint8
+    text = describe(model, tokenizer, image[None], prompt=f['prompt'], **opts)[0]
+    print(text)
+    if scene:
+        g = grade.grounding([{'id': 'scene', 'text': text, 'scene': scene}])
+        print(f"grounding: {g['true']} of the {g['facts']} facts it states are true; it names {g['named']} of the "
+              f"{g['objects']} objects in the picture")
+    if f['sheet']:
+        pictures.sample_sheet([image], [text], f['sheet'], scenes=[scene] if scene else None)
+    if f['attention']:
+        pictures.attention_picture(model, tokenizer, image, text, f['attention'], style=style)
 
 
 def describe_file(model, tokenizer, f, opts):
@@ -129,6 +163,22 @@ def describe_file(model, tokenizer, f, opts):
         data.write_jsonl(f['out'], ordered, f"every description, in {f['out']} in the order they were made")
     print(f"\nwrote {written:,} descriptions to {f['out']}" +
           (f'; {skipped:,} pictures could not be read and were skipped (said above)' if skipped else ''))
+
+
+def read_scene(text):
+    """A picture-book scene from its JSON (as a record's "scene"), checked so that drawing it cannot fail."""
+    try:
+        scene = json.loads(text)
+        ok = scene['sky'] in picturebook.SKIES and scene['ground'] in picturebook.GROUNDS and scene['objects'] and all(
+            o['kind'] in picturebook.KINDS and o['color'] in picturebook.COLORS and o['size'] in picturebook.OBJECT_SIZES
+            and o['where'] in picturebook.PLACES for o in scene['objects'])
+    except (ValueError, TypeError, KeyError):
+        ok = False
+    if not ok:
+        raise UserError('--scene is not a picture-book scene: give JSON like {"sky": "night", "ground": "snow", '
+                        '"objects": [{"kind": "cat", "color": "red", "size": "big", "where": "left"}]} with words '
+                        'picturebook.py knows')
+    return scene
 
 
 def made_before(path):

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import data
+import pictures
 from checkpoint import load_checkpoint, lock_out_dir, save_checkpoint
 from cli import UserError, given_flags, parse_flags, pick_device, run_cli
 from data import Split, describe
@@ -51,7 +52,8 @@ DEFAULTS = dict(
     eval_interval=500,           # steps between validation, samples and a checkpoint
     eval_iters=10,               # batches per split and style to estimate a loss
     log_interval=25,             # steps between progress lines
-    n_samples=3,                 # validation images described at each evaluation
+    n_samples=3,                 # validation images described at each evaluation, printed beside the truth
+    sheet=8,                     # validation images on the sample sheet drawn at each evaluation (0: none)
     # optimisation (the paper: learning rate 1e-3; it states no other setting)
     batch_size=32,               # images per micro-step
     grad_accum=1,                # micro-steps per optimiser step
@@ -80,7 +82,7 @@ RUNS = {  # what --size sets besides the model: the paper's sizes are runs for o
 }
 PRESETS = {name: {**SIZES[name], **RUNS[name]} for name in SIZES}
 MINIMUM = {'batch_size': 1, 'grad_accum': 1, 'max_iters': 1, 'eval_interval': 1, 'eval_iters': 1, 'log_interval': 1,
-           'n_samples': 0, 'warmup_iters': 0}  # flags whose smaller values cannot work
+           'n_samples': 0, 'sheet': 0, 'warmup_iters': 0}  # flags whose smaller values cannot work
 
 
 # -----------------------------------------------------------------------------
@@ -156,14 +158,23 @@ def estimate_loss(model, splits, styles, c, device, ctx):
     return out
 
 
-def show_samples(model, tokenizer, split, n, ctx):
-    """Greedy short descriptions of the first n validation images, beside the truth."""
+def show_samples(model, tokenizer, split, c, scenes, step, ctx):
+    """Greedy short descriptions of the first validation images: n_samples printed beside the truth, and a sample
+    sheet of the first `sheet` (with every false fact marked, where the scenes are known) in out_dir/samples/, one
+    per evaluation, so that flipping through them shows the model learning to look."""
+    n = max(c.n_samples, c.sheet)
+    if not n:
+        return
     model.eval()
     with ctx:
         texts = describe(model, tokenizer, split.images[:n], 'short' if split.style_token else None, temperature=0)
-    for i, text in enumerate(texts):
-        print(f'  truth: {tokenizer.decode(split.tokens[i, 0, 1:].tolist())}\n  model: {text}')
     model.train()
+    for i, text in enumerate(texts[:c.n_samples]):
+        print(f'  truth: {tokenizer.decode(split.tokens[i, 0, 1:].tolist())}\n  model: {text}')
+    if c.sheet:
+        os.makedirs(os.path.join(c.out_dir, 'samples'), exist_ok=True)
+        pictures.sample_sheet(split.images[:c.sheet], texts[:c.sheet], os.path.join(c.out_dir, 'samples', f'step-{step:06d}.png'),
+                              scenes=scenes, title=f'Step {step}, validation pictures, greedy short descriptions.')
 
 
 # -----------------------------------------------------------------------------
@@ -199,7 +210,7 @@ def train_step(run_model, model, optimizer, styles, step, c, ctx, world, get_bat
 # A run's home is its out_dir: one run at a time, never a trained model silently replaced, and a resumed run
 # that takes exactly the steps the interrupted one would have taken.
 
-CHANGEABLE_ON_RESUME = ('max_iters', 'eval_interval', 'eval_iters', 'log_interval', 'n_samples', 'device', 'dtype',
+CHANGEABLE_ON_RESUME = ('max_iters', 'eval_interval', 'eval_iters', 'log_interval', 'n_samples', 'sheet', 'device', 'dtype',
                         'compile', 'peak_flops')  # flags that may differ from the checkpoint's: they change no step
 
 
@@ -310,6 +321,7 @@ def train(c, given=()):
     if not master:
         tokenizer = data.ensure_dataset(c.data_dir, c.img_size)
     splits = {name: Split(c.data_dir, name, c.img_size, c.style_token) for name in ('train', 'val')}
+    val_scenes = [r.get('scene') for r in data.read_jsonl(os.path.join(c.data_dir, 'val.jsonl'))[:c.sheet]]
     longest = max(s.tokens.shape[2] for s in splits.values())
     if not resumed:
         c.block_size = max(c.block_size, longest)
@@ -377,8 +389,8 @@ def train(c, given=()):
                     losses = estimate_loss(eval_model, splits, styles, c, device, ctx)
                     print(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in losses.items()))
                     write_log({'step': step, 'eval': losses})
-                    if c.n_samples:
-                        show_samples(model, tokenizer, splits['val'], c.n_samples, ctx)
+                    show_samples(model, tokenizer, splits['val'], c, val_scenes, step, ctx)
+                    pictures.loss_curves(log_path, os.path.join(c.out_dir, 'loss.png'))
                     best_val_loss = min(best_val_loss, float(np.mean([v for k, v in losses.items() if k.startswith('val')])))
                 if step > step_start or last:
                     save()

@@ -2,6 +2,7 @@
 keeping attention weights changes nothing the model computes."""
 import json
 import os
+import re
 import random
 
 import numpy as np
@@ -179,3 +180,32 @@ def test_heatmap_lies_where_the_patch_is():
     hot, cold = pictures.ramp(np.array([1.0, 0.0])).astype(int)
     assert np.abs(tile[5, 5] - (0.4 * 128 + 0.6 * hot)).max() <= 1
     assert np.abs(tile[90, 90] - (0.4 * 128 + 0.6 * cold)).max() <= 1 and np.abs(tile[5, 30] - tile[90, 90]).max() <= 1
+
+
+def test_training_draws_a_sheet_at_each_evaluation_and_the_loss_curves(trained):
+    sheets = sorted(os.listdir(os.path.join(trained.out_dir, 'samples')))
+    assert sheets == ['step-000000.png', 'step-000010.png', 'step-000020.png']  # eval_interval 10, 20 steps
+    for name in sheets:
+        read_png(os.path.join(trained.out_dir, 'samples', name))
+    read_png(os.path.join(trained.out_dir, 'loss.png'), size=(720, 440))
+
+
+BLUE_TREE = '{"sky": "night", "ground": "snow", "objects": [{"kind": "tree", "color": "blue", "size": "big", "where": "left"}]}'
+
+
+def test_sample_draws_a_scene_its_sheet_and_attention(trained, run_script, tmp_path):
+    p = run_script('sample.py', f'--out_dir={trained.out_dir}', f'--scene={BLUE_TREE}', '--temperature=0',
+                   f'--sheet={tmp_path / "sheet.png"}', f'--attention={tmp_path / "attention.png"}')
+    assert p.returncode == 0, p.stderr
+    assert re.search(r'^grounding: \d+ of the \d+ facts it states are true; it names [01] of the 1 objects', p.stdout, re.M)
+    read_png(tmp_path / 'sheet.png')
+    read_png(tmp_path / 'attention.png')
+    p = run_script('sample.py', f'--out_dir={trained.out_dir}', '--scene={"sky": "purple"}')
+    assert p.returncode == 1 and p.stderr.startswith('error: --scene is not a picture-book scene') and 'Traceback' not in p.stderr
+
+
+def test_sample_jsonl_draws_a_sheet_of_the_first_records(trained, run_script, tmp_path):
+    p = run_script('sample.py', f'--out_dir={trained.out_dir}', f'--jsonl={trained.data_dir}/test.jsonl', '--n=5',
+                   f'--out={tmp_path / "s.jsonl"}', '--max_new_tokens=20', f'--sheet={tmp_path / "sheet.png"}')
+    assert p.returncode == 0, p.stderr
+    read_png(tmp_path / 'sheet.png')

@@ -87,14 +87,17 @@ def test_ctrl_c_saves_and_resume_is_exact(picturebook_dir, uninterrupted, tmp_pa
     assert_same_run(uninterrupted, out_dir)
 
 
+KILLS = int(os.environ.get('NANOVLMS_KILLS', '3'))  # NANOVLMS_KILLS=10 for the README's measurement
+
+
 def test_kill_9_at_random_moments_then_resume_is_exact(picturebook_dir, uninterrupted, tmp_path):
-    """kill -9 three times at random moments (the acceptance run does it ten times: README), resuming each time."""
+    """kill -9 at random moments (between steps, in an evaluation, while saving), resuming each time."""
     out_dir, rng = str(tmp_path), random.Random(0)
     p = start(picturebook_dir, out_dir)
     assert wait_for_step(out_dir, 11, p)  # the first checkpoint (step 10) is on disk
     p.kill()
     p.wait()
-    for _ in range(3):
+    for _ in range(KILLS - 1):
         p = start(picturebook_dir, out_dir, '--init_from=resume')
         reached = max(r['step'] for r in log_lines(out_dir))
         wait_for_step(out_dir, min(39, reached + rng.randint(1, 12)), p)

@@ -145,6 +145,44 @@ def test_greedy_equals_top_k_one(tiny):
     assert torch.equal(greedy, top1)
 
 
+def first_draws(m, images, idx, n, **sampling):
+    """n draws of the first generated token after idx (one row), with a fixed seed; and the model's probabilities
+    there, so that a draw can be checked against them."""
+    with torch.no_grad():
+        probs = torch.softmax(m(images, idx)[0][0, -1], dim=-1)
+    torch.manual_seed(0)
+    drawn = m.generate(images.expand(n, -1, -1, -1), idx.expand(n, -1), 1, **sampling)[:, 0]
+    return drawn, probs
+
+
+@pytest.mark.parametrize('k', [3, 5])
+def test_top_k_draws_only_among_the_k_most_likely(tiny, k):
+    """Exercise 12. Over 2000 seeded draws at the first generated position, every token drawn with top_k=k is one
+    of the k most likely there, more than one of them is drawn, and each about as often as its probability
+    renormalised over the k (here they hold 0.62/0.31/0.07 with k=3: the model is not flat)."""
+    cfg = tiny(vocab_size=50)
+    m = make_model(cfg, spread=0.3)
+    images, idx = batch(cfg, B=1, T=3)
+    drawn, probs = first_draws(m, images, idx, 2000, temperature=1.0, top_k=k)
+    top = probs.topk(k)
+    assert set(drawn.tolist()) <= set(top.indices.tolist()), 'a token outside the k most likely was drawn'
+    assert len(set(drawn.tolist())) > 1, 'top-k with k > 1 drew one token only'
+    share = torch.bincount(drawn, minlength=cfg.vocab_size)[top.indices] / len(drawn)
+    assert torch.allclose(share, top.values / top.values.sum(), atol=0.04), (share, top.values / top.values.sum())
+
+
+@pytest.mark.parametrize('top_k', [0, None])
+def test_top_k_zero_or_none_draws_from_every_token(tiny, top_k):
+    """Exercise 12. top_k=0 (the flag's 'all') and None leave every token in: tokens beyond the 5 most likely are
+    drawn, and each token about as often as its probability."""
+    cfg = tiny(vocab_size=50)
+    m = make_model(cfg, spread=0.3)
+    images, idx = batch(cfg, B=1, T=3)
+    drawn, probs = first_draws(m, images, idx, 2000, temperature=1.0, top_k=top_k)
+    assert not set(drawn.tolist()) <= set(probs.topk(5).indices.tolist())
+    assert torch.allclose(torch.bincount(drawn, minlength=cfg.vocab_size) / len(drawn), probs, atol=0.04)
+
+
 @pytest.mark.parametrize('use_cache', [True, False])
 def test_generation_capped_by_block_size(tiny, use_cache):
     cfg = tiny(vocab_size=50, block_size=16)
@@ -185,6 +223,90 @@ def test_generation_stops_at_eot(tiny, use_cache, which):
             assert row_out[f:] == [eot] * (length - f)  # then eot to the end
             filled += sum(tok != eot for tok in row_free[f + 1:length])  # positions that eot really replaced
     assert filled > 0, 'no row was filled with eot after stopping: choose another seed'
+
+
+def randomised(module, seed=0):
+    """module with every parameter (biases and norms too) drawn at random, so that a forgotten bias or LayerNorm
+    weight shows."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, 0.5)
+    return module
+
+
+def patch_embed_by_hand(pe, pixels, patch):
+    """PatchEmbed written out patch by patch, from its own weights: each patch is a 4x4 grid of sub-patches of
+    patch/4 pixels a side; conv1 is one linear map of a sub-patch's pixels, then ReLU; conv2 one linear map of the
+    16 sub-patch vectors; then LayerNorm, ReLU and the linear layer. Patches are taken row by row."""
+    B, _, H, W = pixels.shape
+    k = patch // 4
+    w1, b1 = pe.conv1.weight.flatten(1), pe.conv1.bias  # (C/2, 3*k*k)
+    out = []
+    for r in range(H // patch):
+        for c in range(W // patch):
+            x = pe.conv2.bias.expand(B, -1)
+            for i in range(4):
+                for j in range(4):
+                    y0, x0 = r * patch + i * k, c * patch + j * k
+                    sub = pixels[:, :, y0:y0 + k, x0:x0 + k].flatten(1)  # (B, 3*k*k), in conv1's weight order
+                    h = torch.relu(sub @ w1.T + b1)  # (B, C/2)
+                    x = x + h @ pe.conv2.weight[:, :, i, j].T  # conv2's weights for sub-patch (i, j)
+            x = torch.nn.functional.layer_norm(x, x.shape[-1:], pe.ln.weight, pe.ln.bias, pe.ln.eps)
+            out.append(torch.relu(x) @ pe.fc.weight.T + pe.fc.bias)
+    return torch.stack(out, dim=1)  # (B, N, C)
+
+
+@pytest.mark.parametrize('img_size, patch', [(32, 8), (32, 16)])
+def test_patch_embed_matches_the_computation_by_hand(tiny, img_size, patch):
+    """Exercise 14: PatchEmbed.forward gives (B, N, C), the computation patch_embed_by_hand writes out."""
+    cfg = tiny(img_size=img_size, patch_size=patch)
+    pe = randomised(model.PatchEmbed(cfg))
+    pixels = torch.rand(2, 3, img_size, img_size) * 2 - 1
+    with torch.no_grad():
+        got, expected = pe(pixels), patch_embed_by_hand(pe, pixels, patch)
+    assert got.shape == (2, (img_size // patch) ** 2, cfg.enc_embd)
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+
+def test_patch_embed_takes_patches_row_by_row(tiny):
+    """Exercise 14: a change in the top row's second patch changes token 1 and no other."""
+    cfg = tiny(img_size=32, patch_size=8)
+    pe = randomised(model.PatchEmbed(cfg))
+    pixels = torch.zeros(1, 3, 32, 32)
+    changed = pixels.clone()
+    changed[:, :, 0:8, 8:16] = 0.7  # row 0, column 1
+    with torch.no_grad():
+        differs = (pe(pixels) - pe(changed)).abs().amax(-1)[0] > 1e-6  # (N,)
+    assert differs.tolist() == [i == 1 for i in range(16)], differs.nonzero().flatten().tolist()
+
+
+@pytest.mark.parametrize('momentum', [0.1, None])
+def test_batchnorm_matches_torch_batchnorm1d(momentum):
+    """Exercise 15: model.BatchNorm on (B, P, C) is nn.BatchNorm1d(affine=False) over the batch's B*P tokens, per
+    feature: the same output and gradient in training, the same running statistics after a few batches (of
+    different sizes, on top of a large constant, as the connector's output can be), the same output in eval."""
+    C = 6
+    ours, theirs = model.BatchNorm(C, momentum=momentum), torch.nn.BatchNorm1d(C, affine=False, momentum=momentum)
+    g = torch.Generator().manual_seed(0)
+    for B, P in [(4, 5), (3, 7), (8, 1)]:
+        x = (torch.randn(B, P, C, generator=g) * torch.linspace(0.5, 3, C) + 50.0).requires_grad_()
+        weights = torch.randn(B, P, C, generator=g)  # a loss that weighs every output differently
+        y = ours(x)
+        (grad,) = torch.autograd.grad((y * weights).sum(), x)
+        x2 = x.detach().clone().requires_grad_()
+        y2 = theirs(x2.reshape(-1, C)).view(B, P, C)
+        (grad2,) = torch.autograd.grad((y2 * weights).sum(), x2)
+        assert y.shape == x.shape
+        assert torch.allclose(y, y2, atol=1e-4), (y - y2).abs().max()
+        assert torch.allclose(grad, grad2, atol=1e-4), (grad - grad2).abs().max()
+        assert torch.allclose(ours.running_mean, theirs.running_mean, atol=1e-5)
+        assert torch.allclose(ours.running_var, theirs.running_var, rtol=1e-4)
+        assert ours.num_batches_tracked == theirs.num_batches_tracked
+    ours.eval()
+    theirs.eval()
+    x = torch.randn(2, 3, C, generator=g) + 50.0
+    assert torch.allclose(ours(x), theirs(x.reshape(-1, C)).view(2, 3, C), atol=1e-4)
 
 
 def test_loss_falls_on_a_fixed_batch(tiny):

@@ -1,0 +1,95 @@
+"""
+The course's Build exercises (12-19 in EXERCISES.md) stay true as the code changes.
+
+12-16 ask a student to write again a piece that exists (top-k, the KV cache, the patch embedding, the BatchNorm,
+the FLOP count): the solution is the code as it stands, and each check is a -k selection of tests/test_model.py,
+which must select tests and pass. 17-19 add something new: each check (exercises/check_*.py) must fail on the code
+as it stands and pass once the teacher's solution (exercises/solutions/NN-*.patch) is applied, in a copy.
+"""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+SELECTIONS = {12: 'top_k', 13: 'cache', 14: 'patch_embed', 15: 'batchnorm', 16: 'flops'}  # -k of each check
+
+# Run in a fresh process: each selection as `python -m pytest -q tests/test_model.py -k EXPR` runs it, one after
+# another (torch is imported once), counting what passed and what failed.
+RUN_SELECTIONS = r'''
+import json, sys
+import pytest
+
+class Count:
+    def __init__(self):
+        self.passed, self.failed = [], []
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed:
+            self.failed.append(report.nodeid)
+        elif report.when == 'call' and report.passed:
+            self.passed.append(report.nodeid)
+
+out = {}
+for number, expr in json.loads(sys.argv[1]).items():
+    count = Count()
+    code = pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_model.py', '-k', expr], plugins=[count])
+    out[number] = {'code': int(code), 'passed': count.passed, 'failed': count.failed}
+print('RESULTS ' + json.dumps(out))
+'''
+
+
+def run(args, cwd):
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=dict(os.environ), capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_checks_of_12_to_16_select_tests_that_pass():
+    p = run(['-c', RUN_SELECTIONS, json.dumps(SELECTIONS)], ROOT)
+    lines = [line for line in p.stdout.splitlines() if line.startswith('RESULTS ')]
+    assert p.returncode == 0 and lines, p.stdout[-3000:] + p.stderr[-3000:]
+    results = json.loads(lines[-1][len('RESULTS '):])
+    for number, expr in SELECTIONS.items():
+        r = results[str(number)]
+        assert r['passed'] and not r['failed'] and r['code'] == 0, f'exercise {number}, -k {expr}: {r}'
+
+
+def copy_of_repository(dest):
+    """What a check needs: the modules at the top, and exercises/ (checks and solutions)."""
+    for path in glob.glob(os.path.join(ROOT, '*.py')):
+        shutil.copy(path, dest)
+    shutil.copytree(os.path.join(ROOT, 'exercises'), os.path.join(dest, 'exercises'),
+                    ignore=shutil.ignore_patterns('__pycache__', '.pytest_cache'))
+
+
+def apply(patch, cwd):
+    """git apply works outside a repository too; patch(1) where git is missing."""
+    if shutil.which('git'):
+        p = subprocess.run(['git', 'apply', patch], cwd=cwd, capture_output=True, text=True)
+    else:
+        p = subprocess.run(['patch', '-p1', '-i', patch], cwd=cwd, capture_output=True, text=True)
+    assert p.returncode == 0, f'{patch} does not apply to the code as it stands: {p.stdout}{p.stderr}'
+
+
+@pytest.mark.parametrize('check, solution', [
+    ('check_place_facts.py', '17-place-facts.patch'),
+    ('check_new_kind.py', '18-new-kind.patch'),
+    ('check_cross_attention.py', '19-cross-attention.patch'),
+])
+def test_check_fails_today_and_passes_with_the_solution(tmp_path, check, solution):
+    copy_of_repository(tmp_path)
+    check = os.path.join('exercises', check)
+    before = run(['-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider', check], tmp_path)
+    assert before.returncode == 1, f'{check} should fail (a test, not the check itself) before the exercise:\n' + \
+        before.stdout[-3000:]
+    apply(os.path.join(tmp_path, 'exercises', 'solutions', solution), tmp_path)
+    after = run(['-m', 'pytest', '-q', '-p', 'no:cacheprovider', check], tmp_path)
+    assert after.returncode == 0, f'{check} should pass with {solution}:\n' + after.stdout[-3000:]
+    for path in glob.glob(os.path.join(tmp_path, '*.py')):  # the solution keeps the project's rule for modules
+        with open(path) as f:
+            assert f.read().count('\n') <= 500, f'{os.path.basename(path)} is over 500 lines with {solution}'

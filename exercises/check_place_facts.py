@@ -34,6 +34,7 @@ def places(text):
     ('There are two red balls one on the left and one in the middle.', {('left', 'red', 'ball'), ('middle', 'red', 'ball')}),
     ('One on the left and one on the right, I can see two yellow kites.', {('left', 'yellow', 'kite'), ('right', 'yellow', 'kite')}),
     ('A red cat sits on the left, and a blue dog stands on the right.', {('left', 'red', 'cat'), ('right', 'blue', 'dog')}),
+    ('I can see a red ball on the left and a blue car on the right.', {('left', 'red', 'ball'), ('right', 'blue', 'car')}),
 ])
 def test_places_read_by_hand(text, expected):
     assert places(text) == {('place', *e) for e in expected}
@@ -45,6 +46,7 @@ def test_places_read_by_hand(text, expected):
     'There are a red ball and a blue car on the sand.',
     'The ball is on the left.',  # no colour: no object is named, so no place of one
     'On the left. The sun is shining.',
+    'The sun is on the left, and a red ball lies on the sand.',  # the sun's place is not the ball's
 ])
 def test_no_place_where_none_is_stated(text):
     assert places(text) == set()

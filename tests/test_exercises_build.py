@@ -68,9 +68,11 @@ def copy_of_repository(dest):
 
 
 def apply(patch, cwd):
-    """git apply works outside a repository too; patch(1) where git is missing."""
+    """git apply works outside a repository too (a temporary folder inside one would make it apply there: the
+    ceiling keeps it out); patch(1) where git is missing."""
     if shutil.which('git'):
-        p = subprocess.run(['git', 'apply', patch], cwd=cwd, capture_output=True, text=True)
+        env = {**os.environ, 'GIT_CEILING_DIRECTORIES': os.path.dirname(os.path.abspath(cwd))}
+        p = subprocess.run(['git', 'apply', patch], cwd=cwd, env=env, capture_output=True, text=True)
     else:
         p = subprocess.run(['patch', '-p1', '-i', patch], cwd=cwd, capture_output=True, text=True)
     assert p.returncode == 0, f'{patch} does not apply to the code as it stands: {p.stdout}{p.stderr}'

@@ -104,9 +104,9 @@ def picture_book(n, size=32, seed=0):
 
 
 def test_it_learns_to_use_the_picture():
-    """After 40 steps on 64 pictures the loss with each text's own picture is well below the loss with the pictures
-    shuffled: the decoder reads what it is told by cross-attention (measured: about 1.05 against 1.8)."""
-    images, tokens, vocab_size = picture_book(64)
+    """After 40 steps on 32 pictures the loss with each text's own picture is well below the loss with the pictures
+    shuffled: the decoder reads what it is told by cross-attention (measured: 0.9 against 1.7)."""
+    images, tokens, vocab_size = picture_book(32)
     x, y = tokens[:, :-1], tokens[:, 1:]
     m = cross_model(vocab_size=vocab_size, block_size=8).train()
     optimizer = torch.optim.AdamW(m.parameters(), lr=3e-3)
@@ -117,7 +117,7 @@ def test_it_learns_to_use_the_picture():
         optimizer.step()
     with torch.no_grad():  # still in training mode: the connector's BatchNorm sees the same batch either way
         _, own = m(images, x, y)
-        _, shuffled = m(images[torch.randperm(64, generator=torch.Generator().manual_seed(1))], x, y)
+        _, shuffled = m(images[torch.randperm(32, generator=torch.Generator().manual_seed(1))], x, y)
     assert own.item() < shuffled.item() - 0.3, f'loss {own.item():.3f} with the pictures, {shuffled.item():.3f} shuffled'
 
 

@@ -17,7 +17,8 @@ score is shown as its mean and 95% confidence interval; --json=FILE writes the s
   grounding  Exact and offline, for picture-book samples, which carry their true scene. Precision: the share of the
              facts a text states (an object's colour and kind, its size, how many there are, the sky, the ground)
              that are true of the picture. Recall: the share of the picture's objects (colour and kind) it names.
-             Both pooled over a file's texts; intervals by resampling the texts (bootstrap).
+             Both pooled over a file's texts; intervals by resampling the texts (bootstrap). Words: the mean length
+             of a text (the short style has 20-25, the long 60-70).
   rouge      Offline: ROUGE-L of each completion (the words the model wrote after the beginning it was given)
              against its nearest training description of the same style: precision (how much of what it wrote
              follows a training text in order), recall and F1; and how many texts are a training description word
@@ -224,7 +225,8 @@ def grounding(records):
         named.append(len(there & {f[1:] for f in said if f[0] == 'object'}))
         objects.append(len(there))
     return {'judge': 'grounding', 'n': len(records),
-            'scores': {'precision': ratio_ci(true, stated), 'recall': ratio_ci(named, objects)},
+            'scores': {'precision': ratio_ci(true, stated), 'recall': ratio_ci(named, objects),
+                       'words': mean_ci([len(r['text'].split()) for r in records])},  # how long: is it the style asked?
             'facts': sum(stated), 'true': sum(true), 'objects': sum(objects), 'named': sum(named)}
 
 
@@ -341,7 +343,8 @@ def table(results):
     digits = 2 if first['judge'] == 'gpt' else 3
     extra = {'gpt': ['failed'], 'grounding': ['facts', 'true', 'objects', 'named'], 'rouge': ['copied']}[first['judge']]
     header = ['samples', 'n'] + extra + list(first['scores'])
-    rows = [[path, str(r['n'])] + [str(r[k]) for k in extra] + [show(ci, digits) for ci in r['scores'].values()]
+    rows = [[path, str(r['n'])] + [str(r[k]) for k in extra]
+            + [show(ci, 1 if name == 'words' else digits) for name, ci in r['scores'].items()]
             for path, r in results.items()]
     widths = [max(len(x) for x in column) for column in zip(header, *rows)]
     return '\n'.join('  '.join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths)))

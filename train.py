@@ -173,8 +173,11 @@ def show_samples(model, tokenizer, split, c, scenes, step, ctx):
         print(f'  truth: {tokenizer.decode(split.tokens[i, 0, 1:].tolist())}\n  model: {text}')
     if c.sheet:
         os.makedirs(os.path.join(c.out_dir, 'samples'), exist_ok=True)
-        pictures.sample_sheet(split.images[:c.sheet], texts[:c.sheet], os.path.join(c.out_dir, 'samples', f'step-{step:06d}.png'),
-                              scenes=scenes, title=f'Step {step}, validation pictures, greedy short descriptions.')
+        path = os.path.join(c.out_dir, 'samples', f'step-{step:06d}.png')
+        counts = [n for n in pictures.sample_sheet(split.images[:c.sheet], texts[:c.sheet], path, scenes=scenes,
+                                                   title=f'Step {step}, greedy short descriptions.') if n]
+        true, stated = sum(t for t, _ in counts), sum(s for _, s in counts)
+        print(f'  sample sheet {path}' + (f': {true} of the {stated} facts stated are true' if counts else ''))
 
 
 # -----------------------------------------------------------------------------

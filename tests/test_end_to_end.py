@@ -119,7 +119,7 @@ def test_grade_cli(samples, run_script, tmp_path):
     p = run_script('grade.py', samples, '--judge=grounding', f'--json={result}')
     assert p.returncode == 0, p.stderr
     header, row = p.stdout.splitlines()
-    assert header.split() == ['samples', 'n', 'facts', 'true', 'objects', 'named', 'precision', 'recall']
+    assert header.split() == ['samples', 'n', 'facts', 'true', 'objects', 'named', 'precision', 'recall', 'words']
     expected = json.loads(json.dumps(grade.grounding(data.read_jsonl(samples))))
     with open(result) as f:
         assert json.load(f)[samples] == expected

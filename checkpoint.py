@@ -2,10 +2,11 @@
 Checkpoints, written and read in one place: everything needed to describe pictures with a trained model (its
 config, weights and tokenizer) and to carry on training it (the optimiser, the step, the run's settings).
 
-    out_dir/ckpt.pt = {'model_args', 'model', 'tokenizer', 'optimizer', 'step', 'best_val_loss', 'config', 'rng'}
+    out_dir/ckpt.pt = {'model_args', 'model', 'tokenizer', 'optimizer', 'step', 'best_val_loss', 'config', 'resume'}
 
-'rng' holds every random state the run draws from (the batch sampler's and torch's, each process's own), so that a
-resumed run takes exactly the steps the interrupted one would have taken. The file is torch.save's zip archive,
+'resume' holds every random state the run draws from (the batch sampler's and torch's, each process's own) and the
+losses since the last log line, so that a resumed run takes exactly the steps, and logs exactly the losses, that the
+interrupted one would have. The file is torch.save's zip archive,
 which stores a CRC-32 checksum of every record in it; torch.load does not check them, so load_checkpoint does: a
 damaged file is said to be damaged, not loaded as weights of noise. A training run also holds its out_dir with a
 lock, so that two runs never write into the same folder.
@@ -22,12 +23,12 @@ from data import Tokenizer
 from model import NanoVLM, VLMConfig
 
 
-def save_checkpoint(path, model, optimizer, tokenizer, step, best_val_loss, config, rng=None):
+def save_checkpoint(path, model, optimizer, tokenizer, step, best_val_loss, config, resume=None):
     """Write the checkpoint beside path, on disk, then rename it into place: a crash or a full disk while saving
     never destroys the last good checkpoint, and a failed save leaves no partial file."""
     state = {'model_args': asdict(model.config), 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
              'tokenizer': tokenizer.state(), 'step': step, 'best_val_loss': best_val_loss, 'config': dict(config),
-             'rng': rng}
+             'resume': resume}
     buf = io.BytesIO()
     torch.save(state, buf)  # in memory first: on a full disk torch.save says only "enforce fail", a file write ENOSPC
     tmp = path + '.tmp'

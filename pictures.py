@@ -109,9 +109,13 @@ def save(im, path):
 # -----------------------------------------------------------------------------
 # 1. The sample sheet: pictures, descriptions, and which facts are true
 
+MARKED = ('object', 'size', 'count', 'sky', 'ground')  # the facts whose words the sheet can find in the text
+
+
 def fact_spans(text):
-    """Where the text states each fact of picturebook.facts(text): a list of (fact, (start, end)), the characters of
-    the words that state it. Read the way picturebook.facts reads: within a clause, a colour word directly before a
+    """Where the text states each fact of picturebook.facts(text) of a kind in MARKED: a list of (fact, (start, end)),
+    the characters of the words that state it. A fact of another kind (one a student teaches picturebook.facts, say)
+    still counts on the sheet, unmarked. Read the way picturebook.facts reads: within a clause, a colour word directly before a
     kind word names an object (marked on those two words); a size or number word just before gives its size or
     count (marked on that word alone, so 'two red balls' beside one red ball marks 'two' false and 'red balls'
     true); the sky and the ground are named by the cue phrases of SKY_WORDS and GROUND_WORDS."""

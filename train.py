@@ -76,7 +76,7 @@ DEFAULTS = dict(
 )
 RUNS = {  # what --size sets besides the model: the paper's sizes are runs for one GPU
     'tiny': {k: DEFAULTS[k] for k in ('out_dir', 'batch_size', 'max_iters', 'learning_rate', 'eval_interval')},  # the defaults
-    'mini': dict(out_dir='out-mini', batch_size=64, max_iters=20000, learning_rate=1e-3, eval_interval=1000),
+    'mini': dict(out_dir='out-mini', batch_size=64, max_iters=20000, learning_rate=3e-3, eval_interval=1000),
     'base': dict(out_dir='out-base', batch_size=64, max_iters=20000, learning_rate=1e-3, eval_interval=1000),
     'large': dict(out_dir='out-large', batch_size=64, max_iters=20000, learning_rate=1e-3, eval_interval=1000),
 }
@@ -229,22 +229,26 @@ def resume_settings(c, saved, given):
         setattr(c, key, value)
 
 
-def random_states(rng, ddp):
-    """Every random state the run draws from: the batch sampler's (the same in every process, which all draw the
-    same global batch) and torch's (dropout: each process its own), gathered to the first process for saving."""
+def resume_state(rng, ddp, interval):
+    """What a resumed run needs to go on exactly as this one would: every random state it draws from, the batch
+    sampler's (the same in every process, which all draw the same global batch) and torch's (dropout: each process
+    its own, gathered to the first process for saving), and the losses of the steps since the last log line."""
     mine = {'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
     every = [None] * dist.get_world_size() if ddp else [mine]
     if ddp:
         dist.all_gather_object(every, mine)
-    return {'batches': rng.bit_generator.state, 'processes': every}
+    return {'batches': rng.bit_generator.state, 'processes': every,
+            'interval': {style: [loss.item() for loss in losses] for style, losses in interval.items()}}
 
 
-def restore_random_states(rng, states, rank):
-    rng.bit_generator.state = states['batches']
-    mine = states['processes'][rank]
+def restore_state(rng, state, rank, device):
+    """Set the random states saved by resume_state; returns the losses since the last log line."""
+    rng.bit_generator.state = state['batches']
+    mine = state['processes'][rank]
     torch.set_rng_state(mine['torch'])
     if mine['cuda'] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(mine['cuda'])
+    return {style: [torch.tensor(loss, device=device) for loss in losses] for style, losses in state['interval'].items()}
 
 
 def keep_log_until(log_path, step):
@@ -332,14 +336,15 @@ def train(c, given=()):
     model = NanoVLM(config).to(device)
     optimizer = model.configure_optimizer(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device.type)
     step, best_val_loss = 0, float('inf')
+    interval = {}  # style -> the losses of its steps since the last progress line
     if resumed:
         if ckpt['tokenizer'] != tokenizer.state():
             raise UserError(f'{c.data_dir} has a different vocabulary from the checkpoint; resume on the same data')
         model.load_state_dict(ckpt['model'])
         optimizer.load_state_dict(ckpt['optimizer'])
         step, best_val_loss = ckpt['step'], ckpt['best_val_loss']
-        if ckpt.get('rng'):
-            restore_random_states(rng, ckpt['rng'], rank)
+        if ckpt.get('resume'):
+            interval = restore_state(rng, ckpt['resume'], rank, device)
         else:  # a checkpoint from before random states were saved: fresh batches, not a replay of the first ones
             rng = np.random.default_rng([c.seed, step])
         if master:
@@ -366,14 +371,13 @@ def train(c, given=()):
         model.calibrate(splits['train'].batch('short', c.batch_size, calib_rng, device)[0] for _ in range(20))
 
     def save():  # every process hands over its random state; the first one saves
-        states = random_states(rng, ddp)
+        state = resume_state(rng, ddp, interval)
         if master:
-            save_checkpoint(ckpt_path, model, optimizer, tokenizer, step, best_val_loss, vars(c), states)
+            save_checkpoint(ckpt_path, model, optimizer, tokenizer, step, best_val_loss, vars(c), state)
 
     stop = StopRequest()
     t0 = time.time()
     t_start, step_start, flops = t0, step, 0
-    interval = {}  # style -> the losses of its steps since the last progress line
     try:
         while True:
             last = step >= c.max_iters

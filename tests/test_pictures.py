@@ -68,7 +68,8 @@ def test_fact_spans_read_what_picturebook_reads():
     for _ in range(300):
         scene = picturebook.random_scene(rng)
         text = picturebook.describe_scene(scene, rng.choice(picturebook.STYLES), rng)
-        assert {fact for fact, _ in pictures.fact_spans(text)} == picturebook.facts(text), text
+        read = {fact for fact in picturebook.facts(text) if fact[0] in pictures.MARKED}
+        assert {fact for fact, _ in pictures.fact_spans(text)} == read, text
     text = 'Two red balls lie on the grass. The sun is out.'
     spans = {text[s:e] for _, (s, e) in pictures.fact_spans(text)}
     assert spans == {'red balls', 'Two', 'grass', 'sun is out'}

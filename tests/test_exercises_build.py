@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from test_exercises import NEEDS_SOLUTION, SCRIPTS, commands, shrunk
 
 SELECTIONS = {12: 'top_k', 13: 'cache', 14: 'patch_embed', 15: 'batchnorm', 16: 'flops'}  # -k of each check
 
@@ -95,3 +96,26 @@ def test_check_fails_today_and_passes_with_the_solution(tmp_path, check, solutio
     for path in glob.glob(os.path.join(tmp_path, '*.py')):  # the solution keeps the project's rule for modules
         with open(path) as f:
             assert f.read().count('\n') <= 500, f'{os.path.basename(path)} is over 500 lines with {solution}'
+
+
+# The commands of an exercise that needs its solution, run as written (shrunken) in the patched copy, after
+# exercise 6's (its 800-step baseline is what they compare against).
+RUN_COMMANDS = r'''
+import json, sys
+sys.path.insert(0, '.')
+import data, grade, sample, train
+scripts = {'train.py': train.main, 'sample.py': sample.main, 'grade.py': grade.main, 'data.py': data.main}
+for script, flags in json.loads(sys.argv[1]):
+    scripts[script](flags)
+'''
+
+
+@pytest.mark.parametrize('number', sorted(NEEDS_SOLUTION))
+def test_commands_of_an_exercise_run_with_its_solution(picturebook_dir, tmp_path, number):
+    copy_of_repository(tmp_path)
+    apply(os.path.join(tmp_path, 'exercises', 'solutions', NEEDS_SOLUTION[number]), tmp_path)
+    shutil.copytree(picturebook_dir, tmp_path / 'data' / 'picturebook')
+    todo = [shrunk(argv) for _, argv in commands({6, number}) if argv[1] in SCRIPTS]
+    assert len(todo) > 5
+    p = run(['-c', RUN_COMMANDS, json.dumps(todo)], tmp_path)
+    assert p.returncode == 0 and 'Traceback' not in p.stderr, p.stdout[-3000:] + p.stderr[-3000:]

@@ -6,8 +6,6 @@ import re
 import shlex
 import shutil
 
-import pytest
-
 import data
 import grade
 import sample

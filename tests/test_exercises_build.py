@@ -61,9 +61,12 @@ def test_checks_of_12_to_16_select_tests_that_pass():
 
 
 def copy_of_repository(dest):
-    """What a check needs: the modules at the top, and exercises/ (checks and solutions)."""
+    """What a check needs: the modules at the top, exercises/ (checks and solutions) and tests/test_model.py (whose
+    helpers check_cross_attention.py shares)."""
     for path in glob.glob(os.path.join(ROOT, '*.py')):
         shutil.copy(path, dest)
+    os.makedirs(os.path.join(dest, 'tests'))
+    shutil.copy(os.path.join(ROOT, 'tests', 'test_model.py'), os.path.join(dest, 'tests'))
     shutil.copytree(os.path.join(ROOT, 'exercises'), os.path.join(dest, 'exercises'),
                     ignore=shutil.ignore_patterns('__pycache__', '.pytest_cache'))
 

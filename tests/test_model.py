@@ -394,9 +394,10 @@ def test_flops_per_image_is_what_pytorch_counts(size):
     assert both / forward == pytest.approx(3, rel=0.02)  # the pixels need no gradient: a little less than 3
 
 
+
 def one_object_pictures(n, size, seed=0):
     """n picture-book pictures of one object each, with the text '<colour> <kind>' as token ids (0 starts and
-    ends a text)."""
+    ends a text). Used by exercises/check_cross_attention.py too."""
     import random
 
     import numpy as np
@@ -414,6 +415,24 @@ def one_object_pictures(n, size, seed=0):
     return torch.tensor(np.stack(images)), tokens, len(vocab) + 1
 
 
+def loss_with_own_and_shuffled_pictures(m, images, tokens, steps=40, lr=3e-3):
+    """Train m (in place) on the pictures and their texts for a few full-batch steps; then its loss with each text's
+    own picture and with the pictures shuffled. A model that uses the picture has the first well below the second.
+    Used by exercises/check_cross_attention.py too."""
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    m.train()
+    optimizer = torch.optim.AdamW(m.parameters(), lr=lr)
+    for _ in range(steps):
+        _, loss = m(images, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():  # in training mode still: the connector's BatchNorm sees the same batch both ways
+        _, own = m(images, x, y)
+        _, shuffled = m(images[torch.randperm(len(images), generator=torch.Generator().manual_seed(1))], x, y)
+    return own.item(), shuffled.item()
+
+
 @pytest.mark.parametrize('visual_tokens', ['cls', 'all'])
 def test_the_prefix_carries_the_picture_after_a_few_dozen_steps(visual_tokens):
     """A shrunken paper-shaped model (one encoder layer; the paper's single CLS token, or every patch) trained 40
@@ -422,17 +441,7 @@ def test_the_prefix_carries_the_picture_after_a_few_dozen_steps(visual_tokens):
     against 1.73; without the connector's BatchNorm (a blind model) 1.28 and 1.31 both ways."""
     torch.manual_seed(0)
     images, tokens, vocab_size = one_object_pictures(32, size=32)
-    x, y = tokens[:, :-1], tokens[:, 1:]
     cfg = VLMConfig(img_size=32, patch_size=8, enc_layer=1, enc_embd=48, enc_head=4, n_layer=2, n_head=2, n_embd=32,
                     vocab_size=vocab_size, block_size=8, visual_tokens=visual_tokens, dropout=0.0)
-    m = NanoVLM(cfg).train()
-    optimizer = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    for _ in range(40):
-        _, loss = m(images, x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():  # in training mode still: the connector's BatchNorm sees the same batch both ways
-        _, own = m(images, x, y)
-        _, shuffled = m(images[torch.randperm(32, generator=torch.Generator().manual_seed(1))], x, y)
-    assert own.item() < shuffled.item() - 0.3, f'loss {own.item():.3f} with the pictures, {shuffled.item():.3f} shuffled'
+    own, shuffled = loss_with_own_and_shuffled_pictures(NanoVLM(cfg), images, tokens)
+    assert own < shuffled - 0.3, f'loss {own:.3f} with the pictures, {shuffled:.3f} shuffled'

@@ -209,8 +209,13 @@ STYLE_TOKEN = {'short': 3, 'long': 4}
 
 
 def gpt2_encoding():
+    import requests
     import tiktoken  # imported here so that drawing scenes needs no tokenizer files
-    return tiktoken.get_encoding('r50k_base')
+    try:
+        return tiktoken.get_encoding('r50k_base')
+    except (requests.RequestException, OSError) as e:  # the first use downloads it (1.6 MB), then it is cached
+        raise UserError(f"could not fetch GPT-2's tokenizer (tiktoken r50k_base): {type(e).__name__}; connect once, "
+                        "or point TIKTOKEN_CACHE_DIR at a folder that holds it") from None
 
 
 class Tokenizer:

@@ -291,3 +291,15 @@ def test_jsonl_round_trip_and_errors(tmp_path):
         data.read_jsonl(path)
     with pytest.raises(UserError, match='does not exist'):
         data.read_jsonl(str(tmp_path / 'none.jsonl'))
+
+
+def test_tokenizer_that_cannot_be_fetched_is_one_line(monkeypatch):
+    """Offline on first use, tiktoken's download fails: one line that says what to do, not a traceback."""
+    import requests
+    import tiktoken
+
+    def offline(name):
+        raise requests.ConnectionError('Failed to resolve openaipublic.blob.core.windows.net')
+    monkeypatch.setattr(tiktoken, 'get_encoding', offline)
+    with pytest.raises(UserError, match='TIKTOKEN_CACHE_DIR'):
+        data.gpt2_encoding()

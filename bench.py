@@ -27,7 +27,7 @@ import torch
 
 import data
 import train
-from cli import parse_flags, pick_device, run_cli
+from cli import UserError, parse_flags, pick_device, run_cli
 from data import Split
 from model import NanoVLM, config_from
 
@@ -96,6 +96,9 @@ def bench_generation(model, images, style, new_tokens, ctx, device):
 
 
 def main(argv):
+    for arg in argv:
+        if arg.lstrip('-').split('=')[0] in RUN_ONLY:
+            raise UserError(f'{arg.split("=")[0]} is a train.py flag about a whole run; bench.py times --steps steps')
     c = SimpleNamespace(**parse_flags(DEFAULTS, argv, train.PRESETS, MINIMUM, __doc__, ['bench', 'train', 'model']))
     device = pick_device(c.device)
     dtype, ctx = train.precision(device, c.dtype)

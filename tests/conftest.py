@@ -40,6 +40,26 @@ def run_script():
     return _run
 
 
+@pytest.fixture
+def run_main(monkeypatch, capsys):
+    """Like run_script, in this process: SCRIPT runs as __main__ (the code `python SCRIPT` runs) with ARGS as its
+    argv, in the repository root; its exit status and output come back as a CompletedProcess. For the many tests
+    of a one-line error, where a fresh Python with torch would cost a second or two each."""
+    import runpy
+
+    def run(script, *args):
+        monkeypatch.chdir(ROOT)
+        monkeypatch.setattr(sys, 'argv', [script, *map(str, args)])
+        code = 0
+        try:
+            runpy.run_path(os.path.join(ROOT, script), run_name='__main__')
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess([script, *args], code, out.out, out.err)
+    return run
+
+
 @pytest.fixture(scope='session')
 def tiny():
     """A tiny VLMConfig: tiny(visual_tokens='all', vocab_size=50, ...)."""

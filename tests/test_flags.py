@@ -100,40 +100,40 @@ def assert_one_line_error(p, *words):
     (['--bogus=1'], ['--bogus']),
     (['--n_layer=abc'], ['--n_layer=abc']),
 ])
-def test_train_flag_errors(run_script, args, words):
-    assert_one_line_error(run_script('train.py', *args), *words)
+def test_train_flag_errors(run_main, args, words):
+    assert_one_line_error(run_main('train.py', *args), *words)
 
 
-def test_train_missing_dataset(run_script, tmp_path):
-    p = run_script('train.py', f'--data_dir={tmp_path / "none"}', f'--out_dir={tmp_path / "out"}')
+def test_train_missing_dataset(run_main, tmp_path):
+    p = run_main('train.py', f'--data_dir={tmp_path / "none"}', f'--out_dir={tmp_path / "out"}')
     assert_one_line_error(p, str(tmp_path / 'none'))
 
 
-def test_train_resume_without_checkpoint(run_script, tmp_path):
-    assert_one_line_error(run_script('train.py', f'--out_dir={tmp_path}', '--init_from=resume'), 'ckpt.pt')
+def test_train_resume_without_checkpoint(run_main, tmp_path):
+    assert_one_line_error(run_main('train.py', f'--out_dir={tmp_path}', '--init_from=resume'), 'ckpt.pt')
 
 
-def test_sample_without_checkpoint(run_script):
-    assert_one_line_error(run_script('sample.py', '--out_dir=/nonexistent', '--image=x.png'), '/nonexistent')
+def test_sample_without_checkpoint(run_main):
+    assert_one_line_error(run_main('sample.py', '--out_dir=/nonexistent', '--image=x.png'), '/nonexistent')
 
 
-def test_sample_missing_image(run_script, trained):
-    assert_one_line_error(run_script('sample.py', f'--out_dir={trained.out_dir}', '--image=/missing.png'), '/missing.png')
+def test_sample_missing_image(run_main, trained):
+    assert_one_line_error(run_main('sample.py', f'--out_dir={trained.out_dir}', '--image=/missing.png'), '/missing.png')
 
 
-def test_sample_corrupt_image(run_script, trained, tmp_path):
+def test_sample_corrupt_image(run_main, trained, tmp_path):
     bad = tmp_path / 'x.png'
     bad.write_bytes(b'\x89PNG but not really' * 20)
-    assert_one_line_error(run_script('sample.py', f'--out_dir={trained.out_dir}', f'--image={bad}'), str(bad))
+    assert_one_line_error(run_main('sample.py', f'--out_dir={trained.out_dir}', f'--image={bad}'), str(bad))
 
 
-def test_model_cli_unknown_size(run_script):
-    assert_one_line_error(run_script('model.py', '--size=huge'), 'huge')
+def test_model_cli_unknown_size(run_main):
+    assert_one_line_error(run_main('model.py', '--size=huge'), 'huge')
 
 
-def test_grade_cli_errors(run_script, tmp_path):
-    assert_one_line_error(run_script('grade.py'))
-    assert_one_line_error(run_script('grade.py', str(tmp_path / 'none.jsonl')), 'none.jsonl')
+def test_grade_cli_errors(run_main, tmp_path):
+    assert_one_line_error(run_main('grade.py'))
+    assert_one_line_error(run_main('grade.py', str(tmp_path / 'none.jsonl')), 'none.jsonl')
 
 
 @pytest.mark.parametrize('bad', ['--patch_size=6', '--n_head=5', '--eval_interval=0', '--log_interval=0',
@@ -165,8 +165,8 @@ def test_sample_impossible_settings(run_script, trained, tmp_path, bad):
     (['--dataset=coco', '--n_test=-3'], '--n_test cannot be negative'),
     (['--dataset=coco', '--timeout=0'], '--timeout must be positive'),
 ])
-def test_build_flag_errors(run_script, tmp_path, args, words):
-    p = run_script('build.py', f'--out={tmp_path / "d"}', *args)
+def test_build_flag_errors(run_main, tmp_path, args, words):
+    p = run_main('build.py', f'--out={tmp_path / "d"}', *args)
     assert p.returncode == 1 and words in p.stderr and 'Traceback' not in p.stderr, p.stderr
 
 
@@ -175,26 +175,57 @@ def test_build_flag_errors(run_script, tmp_path, args, words):
 
 SCRIPTS = ['train.py', 'sample.py', 'grade.py', 'data.py', 'build.py', 'bench.py', 'model.py']
 
+# Every script's `python X.py --help` and `-h`, each run as its own __main__ (as python runs it) in one fresh process:
+# the same code path as nine separate commands, at the cost of one.
+RUN_HELP = r'''
+import contextlib, io, json, runpy, sys
+out = {}
+for script in json.loads(sys.argv[1]):
+    for flag in ('--help', '-h'):
+        sys.argv, stdout, stderr, code = [script, flag], io.StringIO(), io.StringIO(), 0
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                runpy.run_path(script, run_name='__main__')
+            except SystemExit as e:
+                code = e.code or 0
+        out[script + ' ' + flag] = [code, stdout.getvalue(), stderr.getvalue()]
+print('HELP ' + json.dumps(out))
+'''
+
+
+@pytest.fixture(scope='module')
+def help_pages(run_script):
+    import json
+    p = run_script('-c', RUN_HELP, json.dumps(SCRIPTS))
+    lines = [line for line in p.stdout.splitlines() if line.startswith('HELP ')]
+    assert p.returncode == 0 and lines, p.stdout[-2000:] + p.stderr[-2000:]
+    return json.loads(lines[-1][len('HELP '):])
+
 
 @pytest.mark.parametrize('script', SCRIPTS)
-def test_help_lists_every_flag_with_its_default_and_comment(run_script, script):
+def test_help_lists_every_flag_with_its_default_and_comment(help_pages, script):
     import importlib
     module = importlib.import_module(script[:-3])
     defaults = module.DEFAULTS if hasattr(module, 'DEFAULTS') else {'size': 'mini', **asdict(VLMConfig())}
     for flag in ('--help', '-h'):
-        p = run_script(script, flag)
-        assert p.returncode == 0 and p.stderr == '', p.stderr
-        lines = p.stdout.splitlines()
-        assert lines[0] == 'usage:' and lines[1].strip().startswith(('python', 'torchrun')), p.stdout
+        code, stdout, stderr = help_pages[f'{script} {flag}']
+        assert code == 0 and stderr == '', stderr
+        lines = stdout.splitlines()
+        assert lines[0] == 'usage:' and lines[1].strip().startswith(('python', 'torchrun')), stdout
         for key, value in defaults.items():
             shown = str(value).lower() if type(value) is bool else str(value)
             line = next((line for line in lines if line.strip().startswith(f'--{key}={shown} ')), None)
-            assert line is not None, (key, p.stdout)  # a flag with no comment would be printed bare, no space after it
+            assert line is not None, (key, stdout)  # a flag with no comment would be printed bare, no space after it
             assert len(line.split(None, 1)) == 2, (key, line)
 
 
-def test_misspelt_flag_names_the_closest(run_script):
-    p = run_script('train.py', '--max_iter=5')
+def test_help_from_the_command_line_exits_0(run_script):
+    p = run_script('train.py', '--help')
+    assert p.returncode == 0 and p.stdout.startswith('usage:') and '--max_iters=2000' in p.stdout, p.stderr
+
+
+def test_misspelt_flag_names_the_closest(run_main):
+    p = run_main('train.py', '--max_iter=5')
     assert_one_line_error(p, '--max_iter', 'did you mean --max_iters?', '--help')
 
 
@@ -231,8 +262,8 @@ def test_grade_accepts_a_bare_yes(run_script, tmp_path):
     assert_one_line_error(p, 'cannot reach')
 
 
-def test_bench_refuses_flags_it_would_ignore(run_script):
-    assert_one_line_error(run_script('bench.py', '--max_iters=5'), '--max_iters')
+def test_bench_refuses_flags_it_would_ignore(run_main):
+    assert_one_line_error(run_main('bench.py', '--max_iters=5'), '--max_iters')
 
 
 # -----------------------------------------------------------------------------

@@ -303,8 +303,8 @@ def test_grade_cli_rouge_finds_the_training_text(trained, run_script, tmp_path):
     (['S', '--judge=rouge', '--train=/no/such.jsonl'], '/no/such.jsonl does not exist'),
     (['/no/such.jsonl'], '/no/such.jsonl does not exist'),
 ])
-def test_grade_cli_errors(run_script, tmp_path, args, words):
+def test_grade_cli_errors(run_main, tmp_path, args, words):
     path = str(tmp_path / 's.jsonl')
     data.write_jsonl(path, [{'id': 'a', 'text': 'A red ball.', 'style': 'short'}])
-    p = run_script('grade.py', *[path if a == 'S' else a for a in args])
+    p = run_main('grade.py', *[path if a == 'S' else a for a in args])
     assert p.returncode == 1 and words in p.stderr and 'Traceback' not in p.stderr, p.stderr

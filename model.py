@@ -9,10 +9,25 @@ beginning of the sequence. The loss is next-token cross-entropy on the text alon
     image (B, H, W, 3) uint8
       -> PatchEmbed: two strided convolutions, LayerNorm, ReLU, linear     (B, N, Ce)   N = (H / patch)^2
       -> [CLS] prepended, positions added, pre-LN transformer blocks      (B, 1+N, Ce)
-      -> Connector: linear + GELU + BatchNorm, on CLS only (the paper)    (B, P, C)    P = 1 or 1+N
-                    or on all tokens
+      -> Connector: linear + GELU + BatchNorm, on every token (ours)      (B, P, C)    P = 1+N or 1
+                    or on CLS only (the paper)
       -> decoder input = [visual prefix ; text embeddings] + positions   (B, P+T, C)
       -> causal pre-LN blocks, LayerNorm, linear head over the vocabulary (B, T, V)
+
+Departures from the paper, each measured on the picture-book world (greedy short descriptions of 200 test scenes,
+grounding precision P and recall R from grade.py; tiny, 800 steps, unless it says otherwise; EXERCISES.md has the
+commands):
+  - The connector ends in a parameter-free BatchNorm (Connector). Without it the decoder treats the visual tokens
+    as a constant prefix and never learns to look: P 0.056, R 0.068, against P 0.891, R 0.910 with it.
+  - A ReLU between the two patch convolutions (PatchEmbed; the paper does not say), so that they are not one
+    linear map. Not measured against its absence.
+  - Every preset hands the decoder every patch (visual_tokens='all': CLS and the N patches), not the CLS token
+    alone, which stays blind: tiny with CLS alone P 0.053, R 0.055, with every patch P 0.891, R 0.910. (mini, 1,000
+    CPU steps at 224 px: P 0.113, R 0.085 with CLS; P 0.343, R 0.085 with every patch, still learning.)
+    --visual_tokens=cls gives the paper's design (README: "The paper's sizes").
+  - One model writes both styles, chosen by a style token at the start of the text; the paper trained one model
+    per dataset. Without the token (--style_token=false) grounding holds (P 0.916, R 0.905) but the model cannot
+    be told which style to write: greedy short descriptions run 29.1 words on average, not 22.4.
 
 Reference: Agarwalla et al., "NanoVLMs: How small can we go and still make coherent Vision Language Models?", 2025.
 
@@ -52,11 +67,11 @@ SIZES = {
     'tiny': dict(img_size=64, patch_size=8, enc_layer=2, enc_embd=128, enc_head=4, n_layer=4, n_head=4, n_embd=128,
                  visual_tokens='all', dropout=0.0),
     'mini': dict(img_size=224, patch_size=16, enc_layer=1, enc_embd=400, enc_head=8, n_layer=4, n_head=8, n_embd=96,
-                 visual_tokens='cls', dropout=0.1),
+                 visual_tokens='all', dropout=0.1),
     'base': dict(img_size=224, patch_size=16, enc_layer=3, enc_embd=512, enc_head=8, n_layer=8, n_head=8, n_embd=128,
-                 visual_tokens='cls', dropout=0.1),
+                 visual_tokens='all', dropout=0.1),
     'large': dict(img_size=224, patch_size=16, enc_layer=5, enc_embd=512, enc_head=16, n_layer=10, n_head=16,
-                  n_embd=192, visual_tokens='cls', dropout=0.1),
+                  n_embd=192, visual_tokens='all', dropout=0.1),
 }
 
 

@@ -206,7 +206,7 @@ def test_a_request_the_server_turns_down_skips_that_image_or_stops_if_it_is_the_
 # Interrupted runs lose and duplicate nothing
 
 def test_interrupting_and_rerunning_loses_and_duplicates_nothing(tmp_path, coco, api):
-    api.delay = 0.2
+    api.delay = 1.0  # slow enough that the SIGINT comes mid-run even on a busy machine
     out = str(tmp_path / 'coco')
     argv = [sys.executable, 'build.py', '--dataset=coco', '--n=10', '--n_test=2', f'--out={out}', f'--coco_url={coco.url}',
             f'--base_url={api.url}/v1', '--yes=true', '--workers=2']

@@ -23,7 +23,7 @@ commands):
     linear map. Not measured against its absence.
   - Every preset hands the decoder every patch (visual_tokens='all': CLS and the N patches), not the CLS token
     alone, which stays blind: tiny with CLS alone P 0.053, R 0.055, with every patch P 0.891, R 0.910. (mini, 1,000
-    CPU steps at 224 px: P 0.113, R 0.085 with CLS; P 0.343, R 0.085 with every patch, still learning.)
+    CPU steps at 224 px: P 0.113, R 0.085 with CLS; P 0.343, R 0.085 with every patch: still learning.)
     --visual_tokens=cls gives the paper's design (README: "The paper's sizes").
   - One model writes both styles, chosen by a style token at the start of the text; the paper trained one model
     per dataset. Without the token (--style_token=false) grounding holds (P 0.916, R 0.905) but the model cannot

@@ -76,7 +76,7 @@ DEFAULTS = dict(
 )
 RUNS = {  # what --size sets besides the model: the paper's sizes are runs for one GPU (the paper: lr 1e-3, no batch)
     'tiny': {k: DEFAULTS[k] for k in ('out_dir', 'batch_size', 'max_iters', 'learning_rate', 'eval_interval')},  # the defaults
-    # mini at tiny's lr and batch: it looks within 1,000 CPU steps that way (README, "The paper's sizes")
+    # mini at tiny's lr and batch, for a CPU run; it has not learned to look in 1,000 steps yet (README, "The paper's sizes")
     'mini': dict(out_dir='out-mini', batch_size=32, max_iters=20000, learning_rate=3e-3, eval_interval=1000),
     'base': dict(out_dir='out-base', batch_size=64, max_iters=20000, learning_rate=1e-3, eval_interval=1000),
     'large': dict(out_dir='out-large', batch_size=64, max_iters=20000, learning_rate=1e-3, eval_interval=1000),

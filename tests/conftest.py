@@ -44,7 +44,7 @@ def run_script():
 def run_main(monkeypatch, capsys):
     """Like run_script, in this process: SCRIPT runs as __main__ (the code `python SCRIPT` runs) with ARGS as its
     argv, in the repository root; its exit status and output come back as a CompletedProcess. For the many tests
-    of a one-line error, where a fresh Python with torch would cost a second or two each."""
+    of --help and of a one-line error, where a fresh Python with torch would cost a second or two each."""
     import runpy
 
     def run(script, *args):

@@ -175,47 +175,21 @@ def test_build_flag_errors(run_main, tmp_path, args, words):
 
 SCRIPTS = ['train.py', 'sample.py', 'grade.py', 'data.py', 'build.py', 'bench.py', 'model.py']
 
-# Every script's `python X.py --help` and `-h`, each run as its own __main__ (as python runs it) in one fresh process:
-# the same code path as nine separate commands, at the cost of one.
-RUN_HELP = r'''
-import contextlib, io, json, runpy, sys
-out = {}
-for script in json.loads(sys.argv[1]):
-    for flag in ('--help', '-h'):
-        sys.argv, stdout, stderr, code = [script, flag], io.StringIO(), io.StringIO(), 0
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            try:
-                runpy.run_path(script, run_name='__main__')
-            except SystemExit as e:
-                code = e.code or 0
-        out[script + ' ' + flag] = [code, stdout.getvalue(), stderr.getvalue()]
-print('HELP ' + json.dumps(out))
-'''
-
-
-@pytest.fixture(scope='module')
-def help_pages(run_script):
-    import json
-    p = run_script('-c', RUN_HELP, json.dumps(SCRIPTS))
-    lines = [line for line in p.stdout.splitlines() if line.startswith('HELP ')]
-    assert p.returncode == 0 and lines, p.stdout[-2000:] + p.stderr[-2000:]
-    return json.loads(lines[-1][len('HELP '):])
-
 
 @pytest.mark.parametrize('script', SCRIPTS)
-def test_help_lists_every_flag_with_its_default_and_comment(help_pages, script):
+def test_help_lists_every_flag_with_its_default_and_comment(run_main, script):
     import importlib
     module = importlib.import_module(script[:-3])
     defaults = module.DEFAULTS if hasattr(module, 'DEFAULTS') else {'size': 'mini', **asdict(VLMConfig())}
     for flag in ('--help', '-h'):
-        code, stdout, stderr = help_pages[f'{script} {flag}']
-        assert code == 0 and stderr == '', stderr
-        lines = stdout.splitlines()
-        assert lines[0] == 'usage:' and lines[1].strip().startswith(('python', 'torchrun')), stdout
+        p = run_main(script, flag)
+        assert p.returncode == 0 and p.stderr == '', p.stderr
+        lines = p.stdout.splitlines()
+        assert lines[0] == 'usage:' and lines[1].strip().startswith(('python', 'torchrun')), p.stdout
         for key, value in defaults.items():
             shown = str(value).lower() if type(value) is bool else str(value)
             line = next((line for line in lines if line.strip().startswith(f'--{key}={shown} ')), None)
-            assert line is not None, (key, stdout)  # a flag with no comment would be printed bare, no space after it
+            assert line is not None, (key, p.stdout)  # a flag with no comment would be printed bare, no space after it
             assert len(line.split(None, 1)) == 2, (key, line)
 
 

@@ -50,7 +50,8 @@ def sync(device):
 def bench_training(model, splits, c, device, ctx, peak):
     """Median milliseconds waiting for a batch and taking a step, the FLOPs of a step, and the median MFU."""
     run_model = torch.compile(model) if c.compile else model
-    optimizer = model.configure_optimizer(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device.type)
+    optimizer = model.configure_optimizer(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device.type,
+                                          c.enc_lr_scale)
     rng = np.random.default_rng(c.seed)
     styles = [s for s in c.styles.split(',') if s]
     waits, steps, flops = [], [], []
@@ -101,6 +102,7 @@ def main(argv):
             raise UserError(f'{arg.split("=")[0]} is a train.py flag about a whole run; bench.py times --steps steps')
     c = SimpleNamespace(**parse_flags(DEFAULTS, argv, train.PRESETS, MINIMUM, __doc__, ['bench', 'train', 'model']))
     device = pick_device(c.device)
+    train.keep_freed_memory(device)
     dtype, ctx = train.precision(device, c.dtype)
     torch.manual_seed(c.seed)
     tokenizer = data.ensure_dataset(c.data_dir, c.img_size)

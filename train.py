@@ -9,8 +9,9 @@ Train a NanoVLM to describe pictures.
 Every value below is a default; `--key=value` overrides it (its type is checked) and `--size=NAME` first applies a
 preset: the model fields of model.SIZES[NAME] and the run settings of RUNS[NAME]. Each step trains on one batch of
 images with their short or their long descriptions, styles taking turns; the decoder learns which one to write from
-the style token that starts the text (see data.py). Every eval_interval steps the run measures validation loss,
-prints a few descriptions of validation images so you can watch the model learn, and saves out_dir/ckpt.pt. Every
+the style token that starts the text (see data.py). Every eval_interval steps the run measures validation loss and
+the image gain (how much worse that loss is with the pictures shuffled: 0 for a model that does not look), prints
+a few descriptions of validation images so you can watch the model learn, and saves out_dir/ckpt.pt. Every
 log_interval steps it prints (and appends to out_dir/train_log.jsonl) the loss, the time a step takes and the MFU:
 the share of the hardware's peak FLOP/s that the model's own arithmetic (model.flops_per_image) achieves.
 
@@ -20,6 +21,7 @@ once per step (not per micro-step), and only the first process logs and saves. T
 target tokens of the whole global batch, and the connector's BatchNorm uses global-batch statistics, so N
 processes take exactly the steps one process would take on the union of their batches (a test checks it).
 """
+import ctypes
 import math
 import os
 import signal
@@ -59,6 +61,7 @@ DEFAULTS = dict(
     grad_accum=1,                # micro-steps per optimiser step
     max_iters=2000,              # optimiser steps
     learning_rate=3e-3,          # peak learning rate
+    enc_lr_scale=1.0,            # the encoder's learning rate as a share of the others' (a wide encoder wants less)
     min_lr=1e-4,                 # learning rate at the end of the cosine
     warmup_iters=100,            # linear warm-up steps
     weight_decay=0.1,            # AdamW decay of matrices and embeddings
@@ -76,10 +79,14 @@ DEFAULTS = dict(
 )
 RUNS = {  # what --size sets besides the model: the paper's sizes are runs for one GPU (the paper: lr 1e-3, no batch)
     'tiny': {k: DEFAULTS[k] for k in ('out_dir', 'batch_size', 'max_iters', 'learning_rate', 'eval_interval')},  # the defaults
-    # mini at tiny's lr and batch, for a CPU run; it has not learned to look in 1,000 steps yet (README, "The paper's sizes")
-    'mini': dict(out_dir='out-mini', batch_size=32, max_iters=20000, learning_rate=3e-3, eval_interval=1000),
-    'base': dict(out_dir='out-base', batch_size=64, max_iters=20000, learning_rate=1e-3, eval_interval=1000),
-    'large': dict(out_dir='out-large', batch_size=64, max_iters=20000, learning_rate=1e-3, eval_interval=1000),
+    # mini at tiny's lr and batch, for a CPU run, its 400-wide encoder at a tenth of it (README, "The paper's sizes")
+    'mini': dict(out_dir='out-mini', batch_size=32, max_iters=20000, learning_rate=3e-3, enc_lr_scale=0.1,
+                 eval_interval=1000),
+    # base and large: the same rates for their wider encoders (not measured: README), a larger batch for a GPU
+    'base': dict(out_dir='out-base', batch_size=64, max_iters=20000, learning_rate=3e-3, enc_lr_scale=0.1,
+                 eval_interval=1000),
+    'large': dict(out_dir='out-large', batch_size=64, max_iters=20000, learning_rate=3e-3, enc_lr_scale=0.1,
+                  eval_interval=1000),
 }
 PRESETS = {name: {**SIZES[name], **RUNS[name]} for name in SIZES}
 MINIMUM = {'batch_size': 1, 'grad_accum': 1, 'max_iters': 1, 'eval_interval': 1, 'eval_iters': 1, 'log_interval': 1,
@@ -87,7 +94,7 @@ MINIMUM = {'batch_size': 1, 'grad_accum': 1, 'max_iters': 1, 'eval_interval': 1,
 
 
 # -----------------------------------------------------------------------------
-# Precision, and MFU: the model's FLOPs per second as a share of the hardware's peak
+# Precision, CPU memory, and MFU (the model's FLOPs per second as a share of the hardware's peak)
 
 def precision(device, dtype):
     """(dtype, autocast context) for --dtype: 'auto' is bfloat16 autocast on a GPU that has it, else float32.
@@ -99,6 +106,21 @@ def precision(device, dtype):
     if device.type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return dtype, nullcontext() if dtype == 'float32' else torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def keep_freed_memory(device):
+    """On a CPU with glibc (Linux), keep the memory of freed tensors in the process instead of giving it back to the
+    kernel. A training step frees and allocates the same large activations every step; given back, each comes back
+    as fresh pages that the kernel must hand over and zero one fault at a time. On our 2-core machine that was a
+    fifth of a mini step's CPU time (README, "Fast on one machine"). The price: memory stays at its peak between steps."""
+    if device.type != 'cpu':
+        return
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+    except OSError:  # macOS, Windows, musl: another allocator, nothing to set
+        return
+    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: blocks up to 1 GiB come from the heap, not from fresh mappings
+    libc.mallopt(-1, 2 ** 31 - 1)  # M_TRIM_THRESHOLD: never hand the top of the heap back
 
 
 GPU_PEAK_BF16 = {  # dense bf16 tensor-core FLOP/s, by a part of the name torch.cuda.get_device_name() gives
@@ -144,19 +166,26 @@ def learning_rate(step, c):
 
 @torch.no_grad()
 def estimate_loss(model, splits, styles, c, device, ctx):
-    """Mean loss over eval_iters batches for each split and style (fixed batches, so runs compare)."""
+    """Mean loss over eval_iters batches for each split and style (fixed batches, so runs compare), then for each
+    style the image gain: how much higher the validation loss is with the pictures shuffled, each text read under
+    another picture of its batch. A model that writes from the text alone, without looking, gains nothing."""
     model.eval()
-    out = {}
+    out, gain = {}, {}
     for name, split in splits.items():
         for style in styles:
             rng = np.random.default_rng(0)
-            losses = []
+            losses, shuffled = [], []
             for _ in range(c.eval_iters):
+                images, x, y = split.batch(style, c.batch_size, rng, device)
                 with ctx:
-                    losses.append(model(*split.batch(style, c.batch_size, rng, device))[1].item())
+                    losses.append(model(images, x, y)[1].item())
+                    if name == 'val':
+                        shuffled.append(model(images.roll(1, dims=0), x, y)[1].item())
             out[f'{name}/{style}'] = float(np.mean(losses))
+            if shuffled:
+                gain[f'gain/{style}'] = float(np.mean(shuffled)) - out[f'{name}/{style}']
     model.train()
-    return out
+    return {**out, **gain}
 
 
 def show_samples(model, tokenizer, split, c, scenes, step, ctx):
@@ -299,6 +328,7 @@ def train(c, given=()):
         torch.cuda.set_device(device)
     else:
         device = pick_device(c.device)
+    keep_freed_memory(device)
     if ddp:
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     master = rank == 0
@@ -335,7 +365,8 @@ def train(c, given=()):
         c.block_size = max(c.block_size, longest)
     config = config_from({**vars(c), 'vocab_size': len(tokenizer)})
     model = NanoVLM(config).to(device)
-    optimizer = model.configure_optimizer(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device.type)
+    optimizer = model.configure_optimizer(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device.type,
+                                          c.enc_lr_scale)
     step, best_val_loss = 0, float('inf')
     interval = {}  # style -> the losses of its steps since the last progress line
     if resumed:
@@ -407,7 +438,7 @@ def train(c, given=()):
                 break
             lr = learning_rate(step, c)
             for group in optimizer.param_groups:
-                group['lr'] = lr
+                group['lr'] = lr * group.get('lr_scale', 1.0)  # checkpoints before enc_lr_scale have none
             loss, style, step_flops = train_step(run_model, model, optimizer, styles, step, c, ctx, world,
                                                  lambda style: splits['train'].batch(style, c.batch_size, rng, device, rank, world))
             interval.setdefault(style, []).append(loss)  # tensors: no wait for the device until the line is due

@@ -40,6 +40,14 @@ def test_train_loss_falls(trained):
     assert losses[20] < losses[0], trained.stdout
 
 
+def test_evaluation_reports_the_image_gain(trained):
+    """Each evaluation prints and logs how much worse validation gets with the pictures shuffled, for each style."""
+    assert re.search(r'^step 20: .*val/long [\d.]+, gain/short -?[\d.]+, gain/long -?[\d.]+$', trained.stdout, re.M), trained.stdout
+    evals = [r['eval'] for r in map(json.loads, open(os.path.join(trained.out_dir, 'train_log.jsonl'))) if 'eval' in r]
+    assert evals and all(set(e) == {'train/short', 'train/long', 'val/short', 'val/long', 'gain/short', 'gain/long'}
+                         and all(np.isfinite(v) for v in e.values()) for e in evals)
+
+
 def test_resume_continues(trained, run_script, train_flags, tmp_path):
     out_dir = str(tmp_path / 'resumed')
     shutil.copytree(trained.out_dir, out_dir)
@@ -58,6 +66,20 @@ def test_resume_continues(trained, run_script, train_flags, tmp_path):
     # resumed, not restarted: the optimiser carries on counting its steps from the checkpoint's 20
     steps = [s['step'] for s in after['optimizer']['state'].values()]
     assert steps and all(float(s) == 30 for s in steps)
+
+
+
+def test_encoder_learns_at_its_share_of_the_rate(picturebook_dir, run_script, train_flags, tmp_path):
+    """--enc_lr_scale: the encoder's parameter groups train at that share of the scheduled rate, the rest at all of it."""
+    out_dir = str(tmp_path / 'scaled')
+    flags = [f for f in train_flags if not f.startswith(('--max_iters=', '--eval_interval='))]
+    p = run_script('train.py', f'--data_dir={picturebook_dir}', f'--out_dir={out_dir}', '--enc_lr_scale=0.25',
+                   '--max_iters=3', '--eval_interval=3', '--warmup_iters=10', *flags)
+    assert p.returncode == 0, p.stdout + p.stderr
+    groups = load(os.path.join(out_dir, 'ckpt.pt'))['optimizer']['param_groups']
+    rates = sorted({(g['lr_scale'], g['lr']) for g in groups})
+    assert len(rates) == 2 and rates[0][0] == 0.25 and rates[1][0] == 1.0, rates
+    assert rates[0][1] == pytest.approx(0.25 * rates[1][1]) and rates[1][1] > 0, rates
 
 
 def test_sample_one_image(trained, run_script):

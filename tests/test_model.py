@@ -341,6 +341,20 @@ def test_optimizer_groups(tiny):
     assert all(p.dim() < 2 for p in no_decay['params'] if p is not m.encoder.pos and p is not m.encoder.cls)
 
 
+def test_encoder_learning_rate_groups(tiny):
+    """enc_lr_scale puts the encoder in groups of its own, with its share of the learning rate; decay as before."""
+    m = make_model(tiny())
+    opt = m.configure_optimizer(0.1, 1e-3, (0.9, 0.99), 'cpu', enc_lr_scale=0.25)
+    encoder = {id(p) for p in m.encoder.parameters()}
+    ids = [id(p) for g in opt.param_groups for p in g['params']]
+    assert sorted(ids) == sorted(id(p) for p in m.parameters())
+    for g in opt.param_groups:
+        assert g['params'] and g['lr_scale'] == (0.25 if id(g['params'][0]) in encoder else 1.0)
+        assert all((id(p) in encoder) == (g['lr_scale'] == 0.25) for p in g['params'])
+        assert all(p.dim() >= 2 for p in g['params']) == (g['weight_decay'] == 0.1)
+    assert [g['lr_scale'] for g in m.configure_optimizer(0.1, 1e-3, (0.9, 0.99), 'cpu').param_groups] == [1.0, 1.0]
+
+
 def test_bad_visual_tokens_is_user_error(tiny):
     with pytest.raises(UserError, match='visual_tokens'):
         NanoVLM(tiny(visual_tokens='some'))

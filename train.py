@@ -82,7 +82,7 @@ RUNS = {  # what --size sets besides the model: the paper's sizes are runs for o
     # mini at tiny's lr and batch, for a CPU run, its 400-wide encoder at a tenth of it (README, "The paper's sizes")
     'mini': dict(out_dir='out-mini', batch_size=32, max_iters=20000, learning_rate=3e-3, enc_lr_scale=0.1,
                  eval_interval=1000),
-    # base and large: the same rates for their wider encoders (not measured: README), a larger batch for a GPU
+    # base and large: the same rates for their wider encoders (a probe, not a run: README), a larger batch for a GPU
     'base': dict(out_dir='out-base', batch_size=64, max_iters=20000, learning_rate=3e-3, enc_lr_scale=0.1,
                  eval_interval=1000),
     'large': dict(out_dir='out-large', batch_size=64, max_iters=20000, learning_rate=3e-3, enc_lr_scale=0.1,

@@ -112,7 +112,8 @@ def keep_freed_memory(device):
     """On a CPU with glibc (Linux), keep the memory of freed tensors in the process instead of giving it back to the
     kernel. A training step frees and allocates the same large activations every step; given back, each comes back
     as fresh pages that the kernel must hand over and zero one fault at a time. On our 2-core machine that was a
-    fifth of a mini step's CPU time (README, "Fast on one machine"). The price: memory stays at its peak between steps."""
+    fifth of a mini step's CPU time (README, "Fast on one machine"). The price: memory stays at its peak between
+    steps."""
     if device.type != 'cpu':
         return
     try:

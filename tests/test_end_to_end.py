@@ -68,7 +68,6 @@ def test_resume_continues(trained, run_script, train_flags, tmp_path):
     assert steps and all(float(s) == 30 for s in steps)
 
 
-
 def test_encoder_learns_at_its_share_of_the_rate(picturebook_dir, run_script, train_flags, tmp_path):
     """--enc_lr_scale: the encoder's parameter groups train at that share of the scheduled rate, the rest at all of it."""
     out_dir = str(tmp_path / 'scaled')

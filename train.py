@@ -61,7 +61,7 @@ DEFAULTS = dict(
     grad_accum=1,                # micro-steps per optimiser step
     max_iters=2000,              # optimiser steps
     learning_rate=3e-3,          # peak learning rate
-    enc_lr_scale=1.0,            # the encoder's learning rate as a share of the others' (a wide encoder wants less)
+    enc_lr_scale=1.0,            # the encoder's weight matrices' learning rate as a share of the rest's (wide: less)
     min_lr=1e-4,                 # learning rate at the end of the cosine
     warmup_iters=100,            # linear warm-up steps
     weight_decay=0.1,            # AdamW decay of matrices and embeddings
@@ -79,7 +79,7 @@ DEFAULTS = dict(
 )
 RUNS = {  # what --size sets besides the model: the paper's sizes are runs for one GPU (the paper: lr 1e-3, no batch)
     'tiny': {k: DEFAULTS[k] for k in ('out_dir', 'batch_size', 'max_iters', 'learning_rate', 'eval_interval')},  # the defaults
-    # mini at tiny's lr and batch, for a CPU run, its 400-wide encoder at a tenth of it (README, "The paper's sizes")
+    # mini at tiny's lr and batch, for a CPU, its 400-wide encoder's matrices at a tenth (README, "The paper's sizes")
     'mini': dict(out_dir='out-mini', batch_size=32, max_iters=20000, learning_rate=3e-3, enc_lr_scale=0.1,
                  eval_interval=1000),
     # base and large: the same rates for their wider encoders (a probe, not a run: README), a larger batch for a GPU
@@ -374,7 +374,11 @@ def train(c, given=()):
         if ckpt['tokenizer'] != tokenizer.state():
             raise UserError(f'{c.data_dir} has a different vocabulary from the checkpoint; resume on the same data')
         model.load_state_dict(ckpt['model'])
-        optimizer.load_state_dict(ckpt['optimizer'])
+        try:
+            optimizer.load_state_dict(ckpt['optimizer'])
+        except ValueError as e:  # the optimiser's parameter groups differ: saved by another version of this code
+            raise UserError(f'{ckpt_path} was saved by a train.py that grouped the parameters differently ({e}); '
+                            f'resume it with that version, or train a new model into another --out_dir') from None
         step, best_val_loss = ckpt['step'], ckpt['best_val_loss']
         if ckpt.get('resume'):
             interval = restore_state(rng, ckpt['resume'], rank, device)

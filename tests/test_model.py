@@ -342,16 +342,18 @@ def test_optimizer_groups(tiny):
 
 
 def test_encoder_learning_rate_groups(tiny):
-    """enc_lr_scale puts the encoder in groups of its own, with its share of the learning rate; decay as before."""
+    """enc_lr_scale gives the encoder's matrices their share of the learning rate; its vectors (positions, CLS,
+    biases, norms) and everything outside it keep the full rate; matrices decay, vectors do not."""
     m = make_model(tiny())
     opt = m.configure_optimizer(0.1, 1e-3, (0.9, 0.99), 'cpu', enc_lr_scale=0.25)
-    encoder = {id(p) for p in m.encoder.parameters()}
+    vectors = {id(m.encoder.pos), id(m.encoder.cls)} | {id(p) for p in m.parameters() if p.dim() < 2}
+    slow = {id(p) for p in m.encoder.parameters()} - vectors
     ids = [id(p) for g in opt.param_groups for p in g['params']]
     assert sorted(ids) == sorted(id(p) for p in m.parameters())
     for g in opt.param_groups:
-        assert g['params'] and g['lr_scale'] == (0.25 if id(g['params'][0]) in encoder else 1.0)
-        assert all((id(p) in encoder) == (g['lr_scale'] == 0.25) for p in g['params'])
-        assert all(p.dim() >= 2 for p in g['params']) == (g['weight_decay'] == 0.1)
+        assert g['params'] and all((id(p) in slow) == (g['lr_scale'] == 0.25) for p in g['params'])
+        assert all(id(p) not in vectors for p in g['params']) == (g['weight_decay'] == 0.1)
+    assert m.encoder.patch_embed.conv1.weight is opt.param_groups[0]['params'][0] and len(opt.param_groups) == 3
     assert [g['lr_scale'] for g in m.configure_optimizer(0.1, 1e-3, (0.9, 0.99), 'cpu').param_groups] == [1.0, 1.0]
 
 

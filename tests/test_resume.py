@@ -141,6 +141,23 @@ def test_resume_refuses_a_flag_that_contradicts_the_checkpoint(trained, run_scri
     assert len(p.stderr.strip().splitlines()) == 1
 
 
+def test_resume_refuses_an_optimiser_grouped_otherwise(trained, run_script, tmp_path):
+    """A checkpoint whose optimiser groups the parameters in another way (saved by another version of train.py)
+    ends in one line, and the checkpoint is left as it was."""
+    out_dir = str(tmp_path / 'out')
+    shutil.copytree(trained.out_dir, out_dir)
+    path = os.path.join(out_dir, 'ckpt.pt')
+    ckpt = torch.load(path, weights_only=False)
+    last = ckpt['optimizer']['param_groups'][-1]
+    ckpt['optimizer']['param_groups'][-1:] = [{**last, 'params': last['params'][:1]},
+                                              {**last, 'params': last['params'][1:]}]
+    torch.save(ckpt, path)
+    before = open(path, 'rb').read()
+    p = run_script('train.py', f'--out_dir={out_dir}', '--init_from=resume', '--max_iters=30')
+    assert p.returncode == 1 and 'grouped the parameters' in p.stderr and 'Traceback' not in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and open(path, 'rb').read() == before
+
+
 def test_resume_takes_the_checkpoints_settings_without_repeating_them(trained, run_script, tmp_path):
     """Only --out_dir and what changes no step (here: more steps) are needed; model, data and batch come along."""
     out_dir = str(tmp_path / 'out')

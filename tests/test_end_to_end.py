@@ -69,7 +69,7 @@ def test_resume_continues(trained, run_script, train_flags, tmp_path):
 
 
 def test_encoder_learns_at_its_share_of_the_rate(picturebook_dir, run_script, train_flags, tmp_path):
-    """--enc_lr_scale: the encoder's parameter groups train at that share of the scheduled rate, the rest at all of it."""
+    """--enc_lr_scale: the encoder's weight matrices train at that share of the scheduled rate, the rest at all of it."""
     out_dir = str(tmp_path / 'scaled')
     flags = [f for f in train_flags if not f.startswith(('--max_iters=', '--eval_interval='))]
     p = run_script('train.py', f'--data_dir={picturebook_dir}', f'--out_dir={out_dir}', '--enc_lr_scale=0.25',

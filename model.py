@@ -391,10 +391,12 @@ class NanoVLM(nn.Module):
 
     def configure_optimizer(self, weight_decay, learning_rate, betas, device_type, enc_lr_scale=1.0):
         """AdamW; matrices and embeddings decay, biases, norms, CLS and positions do not. With enc_lr_scale != 1 the
-        encoder's matrices are a group of their own, whose 'lr_scale' train.py multiplies the scheduled rate by; its
-        vectors (positions, CLS, biases, norms) keep the full rate: only a matrix sums over the encoder's width, so
-        only its step grows with that width (as in muP). Fused into one kernel on CUDA, and on a CPU where PyTorch
-        has it (2.4 and later: the optimiser's share of a tiny step is 2.2 ms instead of 5.5 on our 2 cores)."""
+        encoder's matrices (weights and convolution kernels) are a group of their own, whose 'lr_scale' train.py
+        multiplies the scheduled rate by; its vectors (positions, CLS, biases, norms) keep the full rate, as in muP:
+        a step of a matrix moves its output in proportion to the inputs it sums (mostly the encoder's width; the
+        first convolution, which sums 3 x k1 x k1 pixels, is scaled with the rest, unmeasured), a vector's does not.
+        Fused into one kernel on CUDA, and on a CPU where PyTorch has it (2.4 and later: the optimiser's share of a
+        tiny step is 2.2 ms instead of 5.5 on our 2 cores)."""
         params = [p for p in self.parameters() if p.requires_grad]
         matrix = lambda p: p.dim() >= 2 and p is not self.encoder.pos and p is not self.encoder.cls
         encoder = {id(p) for p in self.encoder.parameters()}

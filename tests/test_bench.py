@@ -41,12 +41,12 @@ import resource, sys, torch, train
 if sys.argv[1] == 'keep':
     train.keep_freed_memory(torch.device('cpu'))
 counts = []
-for _ in range(8):  # a 64 MiB activation, allocated and freed as a step would
+for _ in range(16):  # a 64 MiB activation, allocated and freed as a step would
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.ones(2 ** 24)
     del x
     counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(sum(counts[4:]))
+print(sum(counts[8:]))  # the heap takes up to 6 rounds to grow to its working size
 """
 
 
@@ -58,4 +58,4 @@ def test_freed_memory_stays_in_the_process():
         p = subprocess.run([sys.executable, '-c', FAULTS, mode], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr
         return int(p.stdout)
-    assert faults('keep') < 1000 < 4 * 16384 * 0.9 < faults('give back')
+    assert faults('keep') < 1000 < 8 * 16384 * 0.9 < faults('give back')

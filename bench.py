@@ -67,7 +67,7 @@ def bench_training(model, splits, c, device, ctx, peak):
         sync(device)
         t = time.perf_counter()
         n_waits = len(waits)
-        _, _, step_flops = train.train_step(run_model, model, optimizer, styles, step, c, ctx, 1, timed_batch)
+        _, step_flops = train.train_step(run_model, model, optimizer, styles, step, c, ctx, 1, timed_batch)
         sync(device)
         if step >= c.warmup:
             steps.append(time.perf_counter() - t - sum(waits[n_waits:]))  # the step without its own waits

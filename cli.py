@@ -66,13 +66,10 @@ def parse_flags(defaults, argv, presets=None, minimum=None, doc='', sources=()):
     return out
 
 
-def given_flags(argv, presets=None):
-    """The names of the flags argv sets, a preset's included (--size=NAME sets every flag of presets[NAME])."""
-    given = {arg[2:].partition('=')[0] for arg in argv if arg.startswith('--')}
-    for arg in argv:
-        if arg.startswith('--size=') and presets and arg[7:] in presets:
-            given |= set(presets[arg[7:]])
-    return given
+def given_flags(argv):
+    """The names of the flags typed in argv. A preset counts as the one flag --size: the values it applies are its
+    defaults, not the user's word, so that `--size=tiny --init_from=resume` resumes a run that set its own steps."""
+    return {arg[2:].partition('=')[0] for arg in argv if arg.startswith('--')}
 
 
 def _convert(key, value, default):

@@ -24,8 +24,6 @@ processes take exactly the steps one process would take on the union of their ba
 import ctypes
 import math
 import os
-import signal
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -38,7 +36,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 import data
 import pictures
-from checkpoint import load_checkpoint, lock_out_dir, save_checkpoint
+from checkpoint import (StopRequest, keep_log_until, load_checkpoint, lock_out_dir, restore_state, resume_settings,
+                        resume_state, save_checkpoint)
 from cli import UserError, given_flags, parse_flags, pick_device, run_cli
 from data import Split, describe
 from model import SIZES, NanoVLM, VLMConfig, check_config, config_from, global_sum
@@ -217,8 +216,9 @@ def show_samples(model, tokenizer, split, c, scenes, step, ctx):
 def train_step(run_model, model, optimizer, styles, step, c, ctx, world, get_batch):
     """c.grad_accum micro-steps, each on get_batch(style) -> (images, x, y), styles taking turns; then clipping and
     AdamW. run_model is the model as it runs (compiled, wrapped in DDP or neither), model the module underneath.
-    Returns the last micro-step's loss over the global batch (a tensor), its style and the FLOPs of this process."""
-    ddp, flops = isinstance(run_model, DistributedDataParallel), 0
+    Returns ({style: its loss over the global batch, a tensor, averaged over its micro-steps}, FLOPs of this
+    process): with --grad_accum=2 a step trains on both styles, and both are logged."""
+    ddp, flops, losses = isinstance(run_model, DistributedDataParallel), 0, {}
     for micro in range(c.grad_accum):
         style = styles[(step * c.grad_accum + micro) % len(styles)]
         images, x, y = get_batch(style)
@@ -230,98 +230,54 @@ def train_step(run_model, model, optimizer, styles, step, c, ctx, world, get_bat
             targets = (y != -1).sum()
             total = global_sum(targets)
             (loss * targets * world / total / c.grad_accum).backward()
+        losses.setdefault(style, []).append(global_sum(loss.detach() * targets) / total)
         flops += len(images) * model.flops_per_image(x.size(1))
     if c.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return global_sum(loss.detach() * targets) / total, style, flops
+    return {style: sum(ls) / len(ls) for style, ls in losses.items()}, flops
 
 
 # -----------------------------------------------------------------------------
-
-# -----------------------------------------------------------------------------
-# A run's home is its out_dir: one run at a time, never a trained model silently replaced, and a resumed run
-# that takes exactly the steps the interrupted one would have taken.
-
-CHANGEABLE_ON_RESUME = ('max_iters', 'eval_interval', 'eval_iters', 'log_interval', 'n_samples', 'sheet', 'device', 'dtype',
-                        'compile', 'peak_flops')  # flags that may differ from the checkpoint's: they change no step
-
-
-def resume_settings(c, saved, given):
-    """Take the run's settings from the checkpoint (saved); a flag given on the command line that contradicts them
-    is refused, except those in CHANGEABLE_ON_RESUME (more steps, another device, other logging)."""
-    for key, value in saved.items():
-        if key in ('init_from', 'out_dir') or key in CHANGEABLE_ON_RESUME and key in given or not hasattr(c, key):
-            continue
-        if key in given and getattr(c, key) != value:
-            raise UserError(f'--{key}={getattr(c, key)} contradicts the checkpoint in {c.out_dir}, trained with '
-                            f'--{key}={value}; leave it out to resume, or train a new model into another --out_dir')
-        setattr(c, key, value)
-
-
-def resume_state(rng, ddp, interval):
-    """What a resumed run needs to go on exactly as this one would: every random state it draws from, the batch
-    sampler's (the same in every process, which all draw the same global batch) and torch's (dropout: each process
-    its own, gathered to the first process for saving), and the losses of the steps since the last log line."""
-    mine = {'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-    every = [None] * dist.get_world_size() if ddp else [mine]
-    if ddp:
-        dist.all_gather_object(every, mine)
-    return {'batches': rng.bit_generator.state, 'processes': every,
-            'interval': {style: [loss.item() for loss in losses] for style, losses in interval.items()}}
-
-
-def restore_state(rng, state, rank, device):
-    """Set the random states saved by resume_state; returns the losses since the last log line."""
-    rng.bit_generator.state = state['batches']
-    mine = state['processes'][rank]
-    torch.set_rng_state(mine['torch'])
-    if mine['cuda'] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(mine['cuda'])
-    return {style: [torch.tensor(loss, device=device) for loss in losses] for style, losses in state['interval'].items()}
-
-
-def keep_log_until(log_path, step):
-    """Drop the log lines of steps after the checkpoint's: the resumed run writes them again, exactly."""
-    if os.path.exists(log_path):
-        data.write_jsonl(log_path, [r for r in data.read_log(log_path) if r['step'] <= step])
-
-
-class StopRequest:
-    """Ctrl-C (SIGINT) or a polite kill (SIGTERM) asks the run to stop after the step it is taking: it then saves
-    a checkpoint at that step and says how to go on. A second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.asked, self.previous = False, {}
-        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self.ask)
-
-    def ask(self, signum, frame):
-        self.asked = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def agreed(self, ddp):
-        """Whether to stop now; under DDP every process stops at the same step, when any was asked."""
-        return bool(global_sum(torch.tensor([float(self.asked)])) > 0) if ddp else self.asked
-
-    def restore(self):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-# -----------------------------------------------------------------------------
+# A run, in the order it happens: its processes and device, its out_dir (one run at a time, never a trained model
+# silently replaced, a resumed run that takes exactly the steps the interrupted one would have taken), its data,
+# its model, then the loop. The run's state lives in one namespace, r.
 
 def train(c, given=()):
-    """Train with the settings c (a namespace of DEFAULTS); given: the flags set on the command line, which on
-    resume must agree with the checkpoint."""
+    """Train with the settings c (a namespace of DEFAULTS); given: the flags typed on the command line, which on
+    resume must agree with the checkpoint (a preset counts as the one flag --size)."""
+    styles = check_settings(c)
+    r = start_processes(c)
+    r.styles = styles
+    try:
+        ckpt = open_out_dir(c, r, given)
+        load_data(c, r, resumed=ckpt is not None)
+        build_model(c, r, ckpt)
+        del ckpt
+        loop(c, r)
+    finally:  # after an error too (a one-line one, or a full disk), without waiting for processes that may not come
+        if r.ddp:
+            dist.destroy_process_group()
+        if r.lock:
+            r.lock.close()
+    return r.model
+
+
+def check_settings(c):
+    """The styles to train on, once the flags that could only fail later (after the data is drawn) are checked."""
     styles = [s for s in c.styles.split(',') if s]
     if not styles or any(s not in data.STYLES for s in styles):
         raise UserError(f'--styles={c.styles}: give short, long or short,long')
     if c.init_from not in ('scratch', 'resume'):
         raise UserError(f"--init_from={c.init_from}: use 'scratch' or 'resume'")
-    check_config(config_from({**vars(c), 'vocab_size': 1}))  # before any time is spent on data
+    check_config(config_from({**vars(c), 'vocab_size': 1}))
+    return styles
+
+
+def start_processes(c):
+    """This process's device and, under torchrun, its place among the others (NCCL on GPUs, gloo on CPUs); the first
+    process then holds out_dir for as long as it runs (a lock the operating system drops when it ends)."""
     ddp = 'RANK' in os.environ  # started by torchrun
     rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
     if ddp and (c.device.startswith('cuda') or c.device == 'auto' and torch.cuda.is_available()):
@@ -332,150 +288,196 @@ def train(c, given=()):
     keep_freed_memory(device)
     if ddp:
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    master = rank == 0
-    log = print if master else lambda *args, **kwargs: None  # one process speaks for all
     os.makedirs(c.out_dir, exist_ok=True)
-    ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
-    log_path = os.path.join(c.out_dir, 'train_log.jsonl')
-    lock = lock_out_dir(c.out_dir) if master else None  # held until this process ends
+    dtype, ctx = precision(device, c.dtype)
+    return SimpleNamespace(ddp=ddp, rank=rank, world=world, master=rank == 0, device=device, dtype=dtype, ctx=ctx,
+                           log=print if rank == 0 else lambda *args, **kwargs: None,  # one process speaks for all
+                           ckpt_path=os.path.join(c.out_dir, 'ckpt.pt'),
+                           log_path=os.path.join(c.out_dir, 'train_log.jsonl'),
+                           lock=lock_out_dir(c.out_dir) if rank == 0 else None)
 
-    ckpt = load_checkpoint(ckpt_path) if c.init_from == 'resume' else None
-    resumed = ckpt is not None
-    if resumed:
+
+def open_out_dir(c, r, given):
+    """The checkpoint to resume from (its settings taken into c), or None for a run from scratch, which is refused
+    where it would replace a trained model; the log of an earlier run that saved no checkpoint is kept aside."""
+    if c.init_from == 'resume':
+        ckpt = load_checkpoint(r.ckpt_path)
         resume_settings(c, ckpt['config'], set(given))
-    elif os.path.exists(ckpt_path):
-        raise UserError(f"{c.out_dir} already holds a trained model (ckpt.pt, step {load_checkpoint(ckpt_path)['step']}): "
+        return ckpt
+    if os.path.exists(r.ckpt_path):
+        raise UserError(f"{c.out_dir} already holds a trained model (ckpt.pt, step {load_checkpoint(r.ckpt_path)['step']}): "
                         f'carry on training it with --init_from=resume, or train a new one into another --out_dir '
                         f'(delete {c.out_dir} to start over)')
-    elif master and os.path.exists(log_path):  # an earlier run that saved no checkpoint: keep its log aside
-        os.replace(log_path, log_path + '.old')
-        print(f'kept the log of an earlier run that saved no checkpoint as {log_path}.old')
-    dtype, ctx = precision(device, c.dtype)
-    torch.manual_seed(c.seed)
-    rng = np.random.default_rng(c.seed)
-    if master:  # the others wait, then find the dataset drawn and prepared
-        tokenizer = data.ensure_dataset(c.data_dir, c.img_size)
-    if ddp:
+    if r.master and os.path.exists(r.log_path):
+        os.replace(r.log_path, r.log_path + '.old')
+        print(f'kept the log of an earlier run that saved no checkpoint as {r.log_path}.old')
+    return None
+
+
+def load_data(c, r, resumed):
+    """The tokenizer and the prepared train and val splits (the first process draws and prepares a missing
+    picture-book world while the others wait), and the scenes of the validation images on the sample sheet."""
+    if r.master:
+        r.tokenizer = data.ensure_dataset(c.data_dir, c.img_size)
+    if r.ddp:
         dist.barrier()
-    if not master:
-        tokenizer = data.ensure_dataset(c.data_dir, c.img_size)
-    splits = {name: Split(c.data_dir, name, c.img_size, c.style_token) for name in ('train', 'val')}
-    val_scenes = [r.get('scene') for r in data.read_jsonl(os.path.join(c.data_dir, 'val.jsonl'))[:c.sheet]]
-    longest = max(s.tokens.shape[2] for s in splits.values())
-    if not resumed:
-        c.block_size = max(c.block_size, longest)
-    config = config_from({**vars(c), 'vocab_size': len(tokenizer)})
-    model = NanoVLM(config).to(device)
-    optimizer = model.configure_optimizer(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device.type,
-                                          c.enc_lr_scale)
-    step, best_val_loss = 0, float('inf')
-    interval = {}  # style -> the losses of its steps since the last progress line
-    if resumed:
-        if ckpt['tokenizer'] != tokenizer.state():
-            raise UserError(f'{c.data_dir} has a different vocabulary from the checkpoint; resume on the same data')
-        model.load_state_dict(ckpt['model'])
-        try:
-            optimizer.load_state_dict(ckpt['optimizer'])
-        except ValueError as e:  # the optimiser's parameter groups differ: saved by another version of this code
-            raise UserError(f'{ckpt_path} was saved by a train.py that grouped the parameters differently ({e}); '
-                            f'resume it with that version, or train a new model into another --out_dir') from None
-        step, best_val_loss = ckpt['step'], ckpt['best_val_loss']
-        if ckpt.get('resume'):
-            interval = restore_state(rng, ckpt['resume'], rank, device)
-        else:  # a checkpoint from before random states were saved: fresh batches, not a replay of the first ones
-            rng = np.random.default_rng([c.seed, step])
-        if master:
-            keep_log_until(log_path, step)
-        log(f'resuming from {ckpt_path} at step {step}')
-        del ckpt
-    counts = model.param_counts()
-    log(f"NanoVLM: {counts['total'] / 1e6:.2f}M parameters (encoder {counts['encoder'] / 1e6:.2f}M, connector "
-        f"{counts['connector'] / 1e6:.2f}M, decoder {counts['decoder'] / 1e6:.2f}M), vocabulary {len(tokenizer)}, "
-        f"{model.n_prefix} visual tokens, on {device} in {dtype}" + (f', {world} processes' if ddp else ''))
-    eval_model = torch.compile(model) if c.compile else model
-    run_model = DistributedDataParallel(eval_model, device_ids=[device.index] if device.type == 'cuda' else None) \
-        if ddp else eval_model
-    peak = None  # only the first process measures it and logs
-    if master:
-        peak, peak_source = peak_flops(device, dtype, c.peak_flops)
-        print(f'MFU is a share of {peak / 1e12:.3g} TFLOP/s ({peak_source})')
+    if not r.master:
+        r.tokenizer = data.ensure_dataset(c.data_dir, c.img_size)
+    r.splits = {name: Split(c.data_dir, name, c.img_size, c.style_token) for name in ('train', 'val')}
+    r.val_scenes = [rec.get('scene') for rec in data.read_jsonl(os.path.join(c.data_dir, 'val.jsonl'))[:c.sheet]]
+    if not resumed:  # room for the longest text (a resumed model keeps the size it was made with)
+        c.block_size = max(c.block_size, max(s.tokens.shape[2] for s in r.splits.values()))
 
-    def write_log(entry):  # on disk at once; a full disk stops the run in one line, the checkpoint kept
-        data.append_jsonl(log_path, [entry], kept=f'{log_path} up to step {step} and the last checkpoint')
 
-    def calibrate():  # every process calibrates: the BatchNorm sums over them
-        calib_rng = np.random.default_rng(0)
-        model.calibrate(splits['train'].batch('short', c.batch_size, calib_rng, device)[0] for _ in range(20))
+def build_model(c, r, ckpt):
+    """The model and its optimiser, fresh from the seed or as the checkpoint left them (with every random state the
+    run draws from), wrapped for the run (compiled, DDP); and the peak FLOP/s that MFU is a share of."""
+    torch.manual_seed(c.seed)
+    r.rng = np.random.default_rng(c.seed)
+    r.model = NanoVLM(config_from({**vars(c), 'vocab_size': len(r.tokenizer)})).to(r.device)
+    r.optimizer = r.model.configure_optimizer(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), r.device.type,
+                                              c.enc_lr_scale)
+    r.step, r.interval, r.resumed = 0, {}, ckpt is not None  # interval: style -> losses since the last progress line
+    if ckpt:
+        restore(c, r, ckpt)
+    counts = r.model.param_counts()
+    r.log(f"NanoVLM: {counts['total'] / 1e6:.2f}M parameters (encoder {counts['encoder'] / 1e6:.2f}M, connector "
+          f"{counts['connector'] / 1e6:.2f}M, decoder {counts['decoder'] / 1e6:.2f}M), vocabulary {len(r.tokenizer)}, "
+          f"{r.model.n_prefix} visual tokens, on {r.device} in {r.dtype}" + (f', {r.world} processes' if r.ddp else ''))
+    r.eval_model = torch.compile(r.model) if c.compile else r.model
+    r.run_model = DistributedDataParallel(r.eval_model, device_ids=[r.device.index] if r.device.type == 'cuda' else None) \
+        if r.ddp else r.eval_model
+    r.peak = None  # only the first process measures it and logs
+    if r.master:
+        r.peak, peak_source = peak_flops(r.device, r.dtype, c.peak_flops)
+        print(f'MFU is a share of {r.peak / 1e12:.3g} TFLOP/s ({peak_source})')
 
-    def save():  # every process hands over its random state; the first one saves
-        state = resume_state(rng, ddp, interval)
-        if master:
-            save_checkpoint(ckpt_path, model, optimizer, tokenizer, step, best_val_loss, vars(c), state)
 
+def restore(c, r, ckpt):
+    """Weights, optimiser, step, random states and the log as the checkpoint left them."""
+    if ckpt['tokenizer'] != r.tokenizer.state():
+        raise UserError(f'{c.data_dir} has a different vocabulary from the checkpoint; resume on the same data')
+    r.model.load_state_dict(ckpt['model'])
+    try:
+        r.optimizer.load_state_dict(ckpt['optimizer'])
+    except ValueError as e:  # the optimiser's parameter groups differ: saved by another version of this code
+        raise UserError(f'{r.ckpt_path} was saved by a train.py that grouped the parameters differently ({e}); '
+                        f'resume it with that version, or train a new model into another --out_dir') from None
+    r.step = ckpt['step']
+    if ckpt.get('resume'):
+        r.interval, exact = restore_state(r.rng, ckpt['resume'], r.rank, r.world, r.device)
+        if not exact:
+            saved = len(ckpt['resume']['processes'])
+            r.log(f'{r.ckpt_path} was saved by {saved} process{"es" * (saved > 1)} and this run has {r.world}: it goes '
+                  f'on with {r.world * c.batch_size} images a step (it was {saved * c.batch_size}) and other dropout '
+                  f'draws, so it is no longer the run {saved} would have taken')
+    else:  # a checkpoint from before random states were saved: fresh batches, not a replay of the first ones
+        r.rng = np.random.default_rng([c.seed, r.step])
+    if r.master:
+        keep_log_until(r.log_path, r.step)
+    r.log(f'resuming from {r.ckpt_path} at step {r.step}')
+
+
+def loop(c, r):
+    """The steps from r.step to max_iters: an evaluation (and a checkpoint) every eval_interval steps and at the
+    end, a progress line every log_interval steps. Ctrl-C or SIGTERM stops it after the step it is taking, evaluated
+    first if it is an evaluation's step, so that the resumed run logs exactly what an uninterrupted one would."""
     stop = StopRequest()
-    t0 = time.time()
-    t_start, step_start, flops = t0, step, 0
+    r.step_start, r.saved_at, r.flops = r.step, None, 0
+    r.t0 = r.t_start = time.time()  # t0: the start of the progress line's steps, less the evaluations since
     try:
         while True:
-            last = step >= c.max_iters
-            if stop.agreed(ddp):
-                calibrate()
-                save()
-                if ddp:
-                    dist.barrier()  # the first process is saving: nobody leaves (and is torn down) before it is done
-                log(f'interrupted at step {step}: saved {ckpt_path}; go on with '
-                    f'python train.py --init_from=resume --out_dir={c.out_dir}')
-                raise KeyboardInterrupt
-            if (step % c.eval_interval == 0 or last) and not (resumed and step == step_start):  # that one is logged
-                t_eval = time.time()
-                calibrate()
-                if master:
-                    losses = estimate_loss(eval_model, splits, styles, c, device, ctx)
-                    print(f'step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in losses.items()))
-                    write_log({'step': step, 'eval': losses})
-                    show_samples(model, tokenizer, splits['val'], c, val_scenes, step, ctx)
-                    pictures.loss_curves(log_path, os.path.join(c.out_dir, 'loss.png'))
-                    best_val_loss = min(best_val_loss, float(np.mean([v for k, v in losses.items() if k.startswith('val')])))
-                if step > step_start or last:
-                    save()
-                t0 += time.time() - t_eval  # evaluation is not training time
+            last = r.step >= c.max_iters
+            if (r.step % c.eval_interval == 0 or last) and not (r.resumed and r.step == r.step_start):  # logged
+                evaluate(c, r, last)
             if last:
                 break
-            lr = learning_rate(step, c)
-            for group in optimizer.param_groups:
+            if stop.agreed(r.ddp, r.device):
+                save_and_stop(c, r)
+            lr = learning_rate(r.step, c)
+            for group in r.optimizer.param_groups:
                 group['lr'] = lr * group.get('lr_scale', 1.0)  # checkpoints before enc_lr_scale have none
-            loss, style, step_flops = train_step(run_model, model, optimizer, styles, step, c, ctx, world,
-                                                 lambda style: splits['train'].batch(style, c.batch_size, rng, device, rank, world))
-            interval.setdefault(style, []).append(loss)  # tensors: no wait for the device until the line is due
-            flops += step_flops
-            step += 1
-            if step % c.log_interval == 0:
-                means = {s: torch.stack(interval[s]).mean().item() for s in styles if s in interval}
-                t1 = time.time()
-                ms = (t1 - t0) * 1000 / c.log_interval
-                mfu = flops / (t1 - t0) / peak if peak else None
-                eta = (t1 - t_start) / (step - step_start) * (c.max_iters - step)
-                log(f'step {step}/{c.max_iters} | loss ' + ', '.join(f'{s} {v:.3f}' for s, v in means.items())
-                    + f' | lr {lr:.2e} | {ms:.0f} ms/step | ' + (f'mfu {100 * mfu:.0f}% | ' if mfu else '')
-                    + f'eta {int(eta // 60)}m{int(eta % 60):02d}s')
-                if master:
-                    write_log({'step': step, 'train': means, 'lr': lr, 'ms': ms, 'mfu': mfu})
-                t0, flops, interval = t1, 0, {}
-        if ddp:
+            losses, flops = train_step(r.run_model, r.model, r.optimizer, r.styles, r.step, c, r.ctx, r.world,
+                                       lambda style: r.splits['train'].batch(style, c.batch_size, r.rng, r.device,
+                                                                             r.rank, r.world))
+            for style, loss in losses.items():  # tensors: no wait for the device until the line is due
+                r.interval.setdefault(style, []).append(loss)
+            r.flops += flops
+            r.step += 1
+            if r.step % c.log_interval == 0:
+                log_progress(c, r, lr)
+        if r.ddp:
             dist.barrier()  # the first process may still be saving: nobody leaves before it is done
-        log(f'done: {step} steps in {time.time() - t_start:.0f}s, checkpoint {ckpt_path}')
-    finally:  # after an error too (a one-line one, or a full disk), without waiting for processes that may not come
+        r.log(f'done: {r.step} steps in {time.time() - r.t_start:.0f}s, checkpoint {r.ckpt_path}')
+    finally:
         stop.restore()
-        if ddp:
-            dist.destroy_process_group()
-        if lock:
-            lock.close()
-    return model
+
+
+def evaluate(c, r, last):
+    """Validation losses and image gain, samples, the sample sheet and loss.png (the first process), then a
+    checkpoint, except at the step the run started from, which has nothing new to save. Not training time."""
+    t = time.time()
+    calibrate(c, r)
+    if r.master:
+        losses = estimate_loss(r.eval_model, r.splits, r.styles, c, r.device, r.ctx)
+        print(f'step {r.step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in losses.items()))
+        write_log(r, {'step': r.step, 'eval': losses})
+        show_samples(r.model, r.tokenizer, r.splits['val'], c, r.val_scenes, r.step, r.ctx)
+        pictures.loss_curves(r.log_path, os.path.join(c.out_dir, 'loss.png'))
+    if r.step > r.step_start or last:
+        save(c, r)
+    r.t0 += time.time() - t
+
+
+def calibrate(c, r):
+    """The connector's BatchNorm statistics over 20 fixed training batches (every process: it sums over them)."""
+    calib_rng = np.random.default_rng(0)
+    r.model.calibrate(r.splits['train'].batch('short', c.batch_size, calib_rng, r.device)[0] for _ in range(20))
+
+
+def save(c, r):
+    """Every process hands over its random state; the first one saves."""
+    state = resume_state(r.rng, r.ddp, r.interval, r.device)
+    if r.master:
+        save_checkpoint(r.ckpt_path, r.model, r.optimizer, r.tokenizer, r.step, vars(c), state)
+    r.saved_at = r.step
+
+
+def save_and_stop(c, r):
+    """Save at the step reached (unless its evaluation just did), say how to go on, and stop."""
+    if r.saved_at != r.step:
+        calibrate(c, r)
+        save(c, r)
+    if r.ddp:
+        dist.barrier()  # the first process is saving: nobody leaves (and is torn down) before it is done
+    r.log(f'interrupted at step {r.step}: saved {r.ckpt_path}; go on with '
+          f'python train.py --init_from=resume --out_dir={c.out_dir}')
+    raise KeyboardInterrupt
+
+
+def log_progress(c, r, lr):
+    """Each style's mean loss since the last line, the learning rate, time a step, MFU and time left."""
+    means = {s: torch.stack(r.interval[s]).mean().item() for s in r.styles if s in r.interval}
+    t1 = time.time()
+    ms = (t1 - r.t0) * 1000 / c.log_interval
+    mfu = r.flops / (t1 - r.t0) / r.peak if r.peak else None
+    eta = (t1 - r.t_start) / (r.step - r.step_start) * (c.max_iters - r.step)
+    r.log(f'step {r.step}/{c.max_iters} | loss ' + ', '.join(f'{s} {v:.3f}' for s, v in means.items())
+          + f' | lr {lr:.2e} | {ms:.0f} ms/step | ' + (f'mfu {100 * mfu:.0f}% | ' if mfu else '')
+          + f'eta {int(eta // 60)}m{int(eta % 60):02d}s')
+    if r.master:
+        write_log(r, {'step': r.step, 'train': means, 'lr': lr, 'ms': ms, 'mfu': mfu})
+    r.t0, r.flops, r.interval = t1, 0, {}
+
+
+def write_log(r, entry):
+    """One line of train_log.jsonl, on disk at once; a full disk stops the run in one line, the checkpoint kept."""
+    data.append_jsonl(r.log_path, [entry], kept=f'{r.log_path} up to step {r.step} and the last checkpoint')
 
 
 def main(argv):
     c = SimpleNamespace(**parse_flags(DEFAULTS, argv, PRESETS, MINIMUM, __doc__, ['train', 'model']))
-    train(c, given_flags(argv, PRESETS))
+    train(c, given_flags(argv))
 
 
 if __name__ == '__main__':

@@ -14,7 +14,7 @@ import grade
 
 
 def load(path):
-    return torch.load(path, map_location='cpu', weights_only=False)
+    return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def test_train_writes_checkpoint(trained, tiny_fields):

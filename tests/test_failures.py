@@ -62,11 +62,36 @@ def test_a_cut_or_random_checkpoint_is_not_whole(ckpt):
 
 
 def test_a_checkpoint_with_nan_weights_is_refused(ckpt):
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     state['model']['wte.weight'][3, 1] = float('nan')
     torch.save(state, ckpt)
     with pytest.raises(UserError, match=r'not numbers \(NaN or inf, e.g. wte.weight\): the run that made it diverged'):
         checkpoint.load_checkpoint(ckpt)
+
+
+class WritesAFile:
+    """What a hostile checkpoint could hold: unpickled, it runs a function (here it only creates a file)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, 'w')
+
+
+def test_a_checkpoint_whose_pickle_would_run_code_is_refused_and_runs_nothing(trained, run_script, tmp_path):
+    out_dir, marker = tmp_path / 'out', tmp_path / 'it-ran'
+    shutil.copytree(trained.out_dir, out_dir)
+    state = torch.load(out_dir / 'ckpt.pt', weights_only=True)
+    state['config']['note'] = WritesAFile(str(marker))
+    torch.save(state, out_dir / 'ckpt.pt')
+    before = (out_dir / 'ckpt.pt').read_bytes()
+    for p in (run_script('sample.py', f'--out_dir={out_dir}', '--scene={"objects": []}', '--device=cpu'),
+              run_script('train.py', f'--out_dir={out_dir}', '--init_from=resume', '--max_iters=30')):
+        assert p.returncode == 1 and 'Traceback' not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert 'holds objects other than tensors and plain values' in p.stderr, p.stderr
+        assert not marker.exists()
+    assert (out_dir / 'ckpt.pt').read_bytes() == before
 
 
 # -----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def trajectory(out_dir):
 
 
 def weights(out_dir):
-    return torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=False)['model']
+    return torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)['model']
 
 
 def wait_for_step(out_dir, step, p, timeout=120):
@@ -81,10 +81,41 @@ def test_ctrl_c_saves_and_resume_is_exact(picturebook_dir, uninterrupted, tmp_pa
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
-    saved = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=False)['step']
+    saved = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)['step']
     assert 13 <= saved < 40 and f'interrupted at step {saved}: saved' in out and '--init_from=resume' in out, out
     resume(picturebook_dir, out_dir)
     assert_same_run(uninterrupted, out_dir)
+
+
+def sheets(out_dir):
+    folder = os.path.join(out_dir, 'samples')
+    return {name: open(os.path.join(folder, name), 'rb').read() for name in sorted(os.listdir(folder))}
+
+
+@pytest.mark.parametrize('stop_at', [10, 40], ids=['evaluation-step', 'last-step'])
+def test_a_stop_on_an_evaluation_step_resumes_to_the_same_log_and_sheets(picturebook_dir, uninterrupted, tmp_path,
+                                                                          monkeypatch, stop_at):
+    """Ctrl-C while the step before an evaluation (step 10) or the last step (40) trains: the stop lands on that
+    step, whose evaluation must still be logged and drawn, once, whether it runs before the save or after the resume.
+    The signal is sent from inside the run (in this process), so that it lands on that step every time."""
+    import train
+    take_step = train.train_step
+
+    def step_then_interrupt(*args):
+        out = take_step(*args)
+        if args[4] == stop_at - 1:  # the step being taken
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+    monkeypatch.setattr(train, 'train_step', step_then_interrupt)
+    monkeypatch.chdir(ROOT)
+    try:
+        train.main([f'--data_dir={picturebook_dir}', f'--out_dir={tmp_path}', *FLAGS])
+    except KeyboardInterrupt:
+        pass
+    assert torch.load(os.path.join(tmp_path, 'ckpt.pt'), weights_only=True)['step'] == stop_at
+    resume(picturebook_dir, str(tmp_path))
+    assert_same_run(uninterrupted, str(tmp_path))
+    assert sheets(uninterrupted) == sheets(str(tmp_path))
 
 
 KILLS = int(os.environ.get('NANOVLMS_KILLS', '3'))  # NANOVLMS_KILLS=10 for the README's measurement
@@ -147,7 +178,7 @@ def test_resume_refuses_an_optimiser_grouped_otherwise(trained, run_script, tmp_
     out_dir = str(tmp_path / 'out')
     shutil.copytree(trained.out_dir, out_dir)
     path = os.path.join(out_dir, 'ckpt.pt')
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     last = ckpt['optimizer']['param_groups'][-1]
     ckpt['optimizer']['param_groups'][-1:] = [{**last, 'params': last['params'][:1]},
                                               {**last, 'params': last['params'][1:]}]
@@ -165,3 +196,18 @@ def test_resume_takes_the_checkpoints_settings_without_repeating_them(trained, r
     p = run_script('train.py', f'--out_dir={out_dir}', '--init_from=resume', '--max_iters=24')
     assert p.returncode == 0, p.stderr
     assert 'resuming from' in p.stdout and 'done: 24 steps' in p.stdout
+
+
+def test_resume_with_a_preset_takes_the_checkpoints_settings(trained, run_script, tmp_path):
+    """`--size=tiny --init_from=resume`: the preset's values are defaults, not the user's word. A run that set its
+    own length and learning rate goes on to its own max_iters at its own rate, not to the preset's 2,000 steps."""
+    out_dir = str(tmp_path / 'out')
+    shutil.copytree(trained.out_dir, out_dir)
+    path = os.path.join(out_dir, 'ckpt.pt')
+    ckpt = torch.load(path, weights_only=True)
+    ckpt['config'].update(max_iters=24, learning_rate=2e-3)  # as if trained with --max_iters=24 --learning_rate=2e-3
+    torch.save(ckpt, path)
+    p = run_script('train.py', '--size=tiny', f'--out_dir={out_dir}', '--init_from=resume')
+    assert p.returncode == 0, p.stderr
+    assert 'done: 24 steps' in p.stdout, p.stdout
+    assert torch.load(path, weights_only=True)['config']['learning_rate'] == 2e-3

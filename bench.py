@@ -32,7 +32,7 @@ from data import Split
 from model import NanoVLM, config_from
 
 RUN_ONLY = ('out_dir', 'init_from', 'max_iters', 'min_lr', 'warmup_iters', 'eval_interval', 'eval_iters',
-            'log_interval', 'n_samples', 'sheet')  # train.py flags about a whole run, which a benchmark has no use for
+            'log_interval', 'n_samples', 'sheet', 'eval_scenes', 'target_grounding')  # train.py flags about a whole run, which a benchmark has no use for
 DEFAULTS = dict(
     {k: v for k, v in train.DEFAULTS.items() if k not in RUN_ONLY},
     steps=20,        # timed training steps

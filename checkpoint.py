@@ -101,8 +101,8 @@ def model_from_checkpoint(ckpt):
 # Stopping and resuming a run: its settings, its random states and its log, so that it takes exactly the steps the
 # interrupted run would have taken; and a polite stop that saves first.
 
-CHANGEABLE_ON_RESUME = ('max_iters', 'eval_interval', 'eval_iters', 'log_interval', 'n_samples', 'sheet', 'device',
-                        'dtype', 'compile', 'peak_flops')  # flags that may differ from the checkpoint's: they change no step
+CHANGEABLE_ON_RESUME = ('max_iters', 'eval_interval', 'eval_iters', 'log_interval', 'n_samples', 'sheet', 'eval_scenes',
+                        'target_grounding', 'device', 'dtype', 'compile', 'peak_flops')  # flags that may differ from the checkpoint's: they change no step
 
 
 def resume_settings(c, saved, given):

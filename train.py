@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import data
+import grade
 import pictures
 from checkpoint import (StopRequest, keep_log_until, load_checkpoint, lock_out_dir, restore_state, resume_settings,
                         resume_state, save_checkpoint)
@@ -55,6 +56,8 @@ DEFAULTS = dict(
     log_interval=25,             # steps between progress lines
     n_samples=3,                 # validation images described at each evaluation, printed beside the truth
     sheet=8,                     # validation images on the sample sheet drawn at each evaluation (0: none)
+    eval_scenes=100,             # validation scenes described greedily and graded (grounding) at each evaluation
+    target_grounding=0.0,        # stop at the first evaluation whose grounding precision and recall reach this (0: off)
     # optimisation (the paper: learning rate 1e-3; it states no other setting)
     batch_size=32,               # images per micro-step
     grad_accum=1,                # micro-steps per optimiser step
@@ -89,7 +92,7 @@ RUNS = {  # what --size sets besides the model: the paper's sizes are runs for o
 }
 PRESETS = {name: {**SIZES[name], **RUNS[name]} for name in SIZES}
 MINIMUM = {'batch_size': 1, 'grad_accum': 1, 'max_iters': 1, 'eval_interval': 1, 'eval_iters': 1, 'log_interval': 1,
-           'n_samples': 0, 'sheet': 0, 'warmup_iters': 0}  # flags whose smaller values cannot work
+           'n_samples': 0, 'sheet': 0, 'eval_scenes': 0, 'target_grounding': 0, 'warmup_iters': 0}  # flags whose smaller values cannot work
 
 
 # -----------------------------------------------------------------------------
@@ -188,23 +191,35 @@ def estimate_loss(model, splits, styles, c, device, ctx):
     return {**out, **gain}
 
 
-def show_samples(model, tokenizer, split, c, scenes, step, ctx):
-    """Greedy short descriptions of the first validation images: n_samples printed beside the truth, and a sample
-    sheet of the first `sheet` (with every false fact marked, where the scenes are known) in out_dir/samples/, one
-    per evaluation, so that flipping through them shows the model learning to look."""
-    n = max(c.n_samples, c.sheet)
-    if not n:
-        return
+def describe_validation(model, tokenizer, split, c, scenes, ctx):
+    """Greedy short descriptions of the first max(n_samples, sheet, eval_scenes) validation images, and, where their
+    scenes are known (the picture-book world), the grounding of the first eval_scenes (grade.py's judge): the share
+    of the facts stated that are true and of the objects there that are named, as {'ground/precision',
+    'ground/recall'} (empty without scenes)."""
+    n = min(max(c.n_samples, c.sheet, c.eval_scenes), len(split.images))
     model.eval()
     with ctx:
-        texts = describe(model, tokenizer, split.images[:n], 'short' if split.style_token else None, temperature=0)
+        texts = [text for i in range(0, n, c.batch_size) for text in describe(
+            model, tokenizer, split.images[i:min(n, i + c.batch_size)], 'short' if split.style_token else None,
+            temperature=0)]
     model.train()
+    graded = [{'id': i, 'text': text, 'scene': scene} for i, (text, scene) in enumerate(zip(texts[:c.eval_scenes], scenes))]
+    if not graded or any(g['scene'] is None for g in graded):
+        return texts, {}
+    scores = grade.grounding(graded)['scores']
+    return texts, {f'ground/{k}': scores[k]['mean'] or 0.0 for k in ('precision', 'recall')}
+
+
+def show_samples(texts, tokenizer, split, c, scenes, step):
+    """n_samples descriptions printed beside the truth, and a sample sheet of the first `sheet` (with every false
+    fact marked, where the scenes are known) in out_dir/samples/, one per evaluation, so that flipping through them
+    shows the model learning to look."""
     for i, text in enumerate(texts[:c.n_samples]):
         print(f'  truth: {tokenizer.decode(split.tokens[i, 0, 1:].tolist())}\n  model: {text}')
     if c.sheet:
         os.makedirs(os.path.join(c.out_dir, 'samples'), exist_ok=True)
         path = os.path.join(c.out_dir, 'samples', f'step-{step:06d}.png')
-        counts = [n for n in pictures.sample_sheet(split.images[:c.sheet], texts[:c.sheet], path, scenes=scenes,
+        counts = [n for n in pictures.sample_sheet(split.images[:c.sheet], texts[:c.sheet], path, scenes=scenes[:c.sheet],
                                                    title=f'Step {step}, greedy short descriptions.') if n]
         true, stated = sum(t for t, _ in counts), sum(s for _, s in counts)
         print(f'  sample sheet {path}' + (f': {true} of the {stated} facts stated are true' if counts else ''))
@@ -324,7 +339,8 @@ def load_data(c, r, resumed):
     if not r.master:
         r.tokenizer = data.ensure_dataset(c.data_dir, c.img_size)
     r.splits = {name: Split(c.data_dir, name, c.img_size, c.style_token) for name in ('train', 'val')}
-    r.val_scenes = [rec.get('scene') for rec in data.read_jsonl(os.path.join(c.data_dir, 'val.jsonl'))[:c.sheet]]
+    r.val_scenes = [rec.get('scene') for rec in data.read_jsonl(os.path.join(c.data_dir, 'val.jsonl'))
+                    [:max(c.sheet, c.eval_scenes)]]
     if not resumed:  # room for the longest text (a resumed model keeps the size it was made with)
         c.block_size = max(c.block_size, max(s.tokens.shape[2] for s in r.splits.values()))
 
@@ -383,13 +399,15 @@ def loop(c, r):
     end, a progress line every log_interval steps. Ctrl-C or SIGTERM stops it after the step it is taking, evaluated
     first if it is an evaluation's step, so that the resumed run logs exactly what an uninterrupted one would."""
     stop = StopRequest()
-    r.step_start, r.saved_at, r.flops = r.step, None, 0
+    r.step_start, r.saved_at, r.flops, r.eval_seconds = r.step, None, 0, 0.0
     r.t0 = r.t_start = time.time()  # t0: the start of the progress line's steps, less the evaluations since
     try:
         while True:
             last = r.step >= c.max_iters
             if (r.step % c.eval_interval == 0 or last) and not (r.resumed and r.step == r.step_start):  # logged
-                evaluate(c, r, last)
+                if evaluate(c, r, last):
+                    r.log(f'reached the target: grounding precision and recall >= {c.target_grounding} at step {r.step}')
+                    break
             if last:
                 break
             if stop.agreed(r.ddp, r.device):
@@ -408,25 +426,36 @@ def loop(c, r):
                 log_progress(c, r, lr)
         if r.ddp:
             dist.barrier()  # the first process may still be saving: nobody leaves before it is done
-        r.log(f'done: {r.step} steps in {time.time() - r.t_start:.0f}s, checkpoint {r.ckpt_path}')
+        took = time.time() - r.t_start
+        r.log(f'done: {r.step} steps in {took:.0f}s ({took - r.eval_seconds:.1f}s training, {r.eval_seconds:.1f}s '
+              f'evaluation), checkpoint {r.ckpt_path}')
     finally:
         stop.restore()
 
 
 def evaluate(c, r, last):
-    """Validation losses and image gain, samples, the sample sheet and loss.png (the first process), then a
-    checkpoint, except at the step the run started from, which has nothing new to save. Not training time."""
-    t = time.time()
+    """Validation losses, image gain and grounding, samples, the sample sheet and loss.png (the first process), then
+    a checkpoint, except at the step the run started from, which has nothing new to save. Not training time.
+    Returns whether grounding precision and recall both reached --target_grounding (every process agrees)."""
+    t, reached = time.time(), False
     calibrate(c, r)
     if r.master:
         losses = estimate_loss(r.eval_model, r.splits, r.styles, c, r.device, r.ctx)
+        texts, grounding = describe_validation(r.model, r.tokenizer, r.splits['val'], c, r.val_scenes, r.ctx)
+        losses.update(grounding)
         print(f'step {r.step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in losses.items()))
         write_log(r, {'step': r.step, 'eval': losses})
-        show_samples(r.model, r.tokenizer, r.splits['val'], c, r.val_scenes, r.step, r.ctx)
+        show_samples(texts, r.tokenizer, r.splits['val'], c, r.val_scenes, r.step)
         pictures.loss_curves(r.log_path, os.path.join(c.out_dir, 'loss.png'))
+        reached = bool(c.target_grounding and grounding and r.step > r.step_start
+                       and min(grounding.values()) >= c.target_grounding)
+    if r.ddp and c.target_grounding:  # the first process judged; the others hear it (a vote on the run's device)
+        reached = bool(global_sum(torch.tensor([float(reached)], device=r.device)) > 0)
     if r.step > r.step_start or last:
         save(c, r)
+    r.eval_seconds += time.time() - t
     r.t0 += time.time() - t
+    return reached
 
 
 def calibrate(c, r):

@@ -26,7 +26,8 @@ if ROOT not in sys.path:
 # The tiny model used everywhere (as train.py flags and as VLMConfig fields).
 TINY = dict(img_size=32, patch_size=8, enc_layer=1, enc_embd=32, enc_head=2, n_layer=2, n_head=2, n_embd=32)
 TRAIN_FLAGS = [f'--{k}={v}' for k, v in TINY.items()] + [
-    '--max_iters=20', '--eval_interval=10', '--eval_iters=2', '--log_interval=5', '--batch_size=8', '--n_samples=1']
+    '--max_iters=20', '--eval_interval=10', '--eval_iters=2', '--log_interval=5', '--batch_size=8', '--n_samples=1',
+    '--eval_scenes=8']
 
 
 def _run(script, *args, timeout=300):

@@ -11,6 +11,7 @@ import torch
 import checkpoint
 import data
 import grade
+from conftest import ROOT
 
 
 def load(path):
@@ -40,12 +41,37 @@ def test_train_loss_falls(trained):
     assert losses[20] < losses[0], trained.stdout
 
 
-def test_evaluation_reports_the_image_gain(trained):
-    """Each evaluation prints and logs how much worse validation gets with the pictures shuffled, for each style."""
-    assert re.search(r'^step 20: .*val/long [\d.]+, gain/short -?[\d.]+, gain/long -?[\d.]+$', trained.stdout, re.M), trained.stdout
+def test_evaluation_reports_the_image_gain_and_grounding(trained):
+    """Each evaluation prints and logs how much worse validation gets with the pictures shuffled, for each style, and
+    the grounding of greedy short descriptions of the validation scenes (precision, recall)."""
+    assert re.search(r'^step 20: .*val/long [\d.]+, gain/short -?[\d.]+, gain/long -?[\d.]+, '
+                     r'ground/precision [\d.]+, ground/recall [\d.]+$', trained.stdout, re.M), trained.stdout
     evals = [r['eval'] for r in map(json.loads, open(os.path.join(trained.out_dir, 'train_log.jsonl'))) if 'eval' in r]
-    assert evals and all(set(e) == {'train/short', 'train/long', 'val/short', 'val/long', 'gain/short', 'gain/long'}
+    assert evals and all(set(e) == {'train/short', 'train/long', 'val/short', 'val/long', 'gain/short', 'gain/long',
+                                    'ground/precision', 'ground/recall'}
                          and all(np.isfinite(v) for v in e.values()) for e in evals)
+
+
+def test_a_run_stops_at_its_grounding_target(picturebook_dir, train_flags, tmp_path, monkeypatch, capsys):
+    """--target_grounding: the first evaluation whose precision and recall both reach it ends the run, with a
+    checkpoint there and the training time without evaluation. (The judge's scores are stood in for: a 20-step
+    model grounds nothing; the scores themselves are tested above and in test_grade.py.)"""
+    import train
+    judge, evaluations = train.describe_validation, []
+
+    def scores_after_step_10(model, tokenizer, split, c, scenes, ctx):  # evaluations at steps 0, 10, 20, ...
+        texts, scores = judge(model, tokenizer, split, c, scenes, ctx)
+        evaluations.append(scores)
+        return texts, {k: 0.97 if len(evaluations) > 1 else 0.5 for k in scores}
+    monkeypatch.setattr(train, 'describe_validation', scores_after_step_10)
+    monkeypatch.chdir(ROOT)
+    flags = [f for f in train_flags if not f.startswith('--max_iters=')]
+    train.main([f'--data_dir={picturebook_dir}', f'--out_dir={tmp_path}', *flags, '--max_iters=40',
+                '--target_grounding=0.95'])
+    out = capsys.readouterr().out
+    assert 'reached the target: grounding precision and recall >= 0.95 at step 10' in out, out
+    assert re.search(r'^done: 10 steps in \d+s \([\d.]+s training, [\d.]+s evaluation\)', out, re.M), out
+    assert load(os.path.join(tmp_path, 'ckpt.pt'))['step'] == 10
 
 
 def test_resume_continues(trained, run_script, train_flags, tmp_path):

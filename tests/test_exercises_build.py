@@ -3,7 +3,8 @@ The course's Build exercises (12-19 in EXERCISES.md) stay true as the code chang
 
 12-16 ask a student to write again a piece that exists (top-k, the KV cache, the patch embedding, the BatchNorm,
 the FLOP count): the solution is the code as it stands, and each check is a -k selection of tests/test_model.py,
-which must select tests and pass. 17-19 add something new: each check (exercises/check_*.py) must fail on the code
+which must select tests and pass; `python exercises/student.py N` takes the piece out of model.py (the student's copy),
+and then the same check must fail. 17-19 add something new: each check (exercises/check_*.py) must fail on the code
 as it stands and pass once the teacher's solution (exercises/solutions/NN-*.patch) is applied, in a copy.
 """
 import glob
@@ -58,6 +59,23 @@ def test_checks_of_12_to_16_select_tests_that_pass():
     for number, expr in SELECTIONS.items():
         r = results[str(number)]
         assert r['passed'] and not r['failed'] and r['code'] == 0, f'exercise {number}, -k {expr}: {r}'
+
+
+def test_the_students_copy_of_12_to_16_fails_its_check(tmp_path):
+    """For each of 12-16, in a copy of the code: the student's copy (exercises/student.py N), then the exercise's
+    check, fails on the piece taken out (the teacher's code passes the same check: the test above)."""
+    procs = {}
+    for number, expr in SELECTIONS.items():
+        copy = tmp_path / str(number)
+        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns('.git', 'data', 'out*', '__pycache__', '*.png'))
+        p = run(['exercises/student.py', str(number)], copy)
+        assert p.returncode == 0 and f'exercise {number}:' in p.stdout, p.stderr
+        procs[number] = subprocess.Popen([sys.executable, '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider',
+                                          'tests/test_model.py', '-k', expr], cwd=copy, env=dict(os.environ),
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for number, p in procs.items():
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 1 and f'NotImplementedError: exercise {number} (EXERCISES.md)' in out, out[-3000:]
 
 
 def copy_of_repository(dest):

@@ -309,6 +309,46 @@ def test_batchnorm_matches_torch_batchnorm1d(momentum):
     assert torch.allclose(ours(x), theirs(x.reshape(-1, C)).view(2, 3, C), atol=1e-4)
 
 
+def _batchnorm_in_one_of_two_processes(rank, port, x, weights, folder):
+    """One of two gloo processes: its half of the batch through model.BatchNorm, saved for the test to compare."""
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=2)
+    try:
+        half = slice(rank * len(x) // 2, (rank + 1) * len(x) // 2)
+        norm, mine = model.BatchNorm(x.size(-1)), x[half].clone().requires_grad_()
+        y = norm(mine)
+        (grad,) = torch.autograd.grad((y * weights[half]).sum(), mine)
+        torch.save({'y': y.detach(), 'grad': grad, 'mean': norm.running_mean, 'var': norm.running_var},
+                   f'{folder}/{rank}.pt')
+    finally:
+        dist.destroy_process_group()
+
+
+def test_batchnorm_in_two_processes_is_the_global_batchs(tmp_path):
+    """Exercise 15 under DDP: two processes, each with half the batch, compute what one process computes on the whole
+    (outputs, gradients, running statistics): the statistics are the global batch's (model.global_sum), not each
+    process's own. A BatchNorm that forgets the other processes fails here, and only here."""
+    import socket
+    import torch.multiprocessing as mp
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 5, 6, generator=g) * torch.linspace(0.5, 3, 6) + 50.0
+    x[:2] += 3.0  # the halves differ, so that each half's own statistics are not the whole batch's
+    weights = torch.randn(4, 5, 6, generator=g)
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_batchnorm_in_one_of_two_processes, args=(port, x, weights, str(tmp_path)), nprocs=2)
+    whole, norm = x.clone().requires_grad_(), model.BatchNorm(6)
+    y = norm(whole)
+    (grad,) = torch.autograd.grad((y * weights).sum(), whole)
+    halves = [torch.load(tmp_path / f'{rank}.pt', weights_only=True) for rank in (0, 1)]
+    assert torch.allclose(torch.cat([h['y'] for h in halves]), y.detach(), atol=1e-4)
+    assert torch.allclose(torch.cat([h['grad'] for h in halves]), grad, atol=1e-4)
+    for h in halves:
+        assert torch.allclose(h['mean'], norm.running_mean, atol=1e-5)
+        assert torch.allclose(h['var'], norm.running_var, rtol=1e-4)
+
+
 def test_loss_falls_on_a_fixed_batch(tiny):
     for visual_tokens in ('cls', 'all'):
         cfg = tiny(visual_tokens=visual_tokens)

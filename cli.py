@@ -8,7 +8,7 @@ indented commands of its docstring) and every flag with its default and its comm
 
 A mistake the user can make (a flag, a path, a file) is a UserError, and run_cli prints it as one line; so is a
 write that fails (a full disk), said with what was kept (write_failed). The --device flag means the same
-everywhere (pick_device).
+everywhere (pick_device). Two runs that would write the same place are kept apart by one lock (hold).
 """
 import contextlib
 import difflib
@@ -130,6 +130,44 @@ def write_failed(e, path, kept, partial=()):
     if disk_full(e):
         return UserError(f'the disk is full writing {path} (kept: {kept}); free some space and run again')
     return UserError(f'cannot write {path}: {e.strerror or e} (kept: {kept})')
+
+
+def hold(lock_path, place, what, instead):
+    """Hold lock_path for this run, so that a second run into the same place (a training's out_dir, a build's folder,
+    a grade cache, sample.py's --out) is refused in one line rather than mixing its files with this one's, or paying
+    again for what this one is paying for. place: what is held, as said to the user; what: 'another training run';
+    instead: what the user can do. The lock is the operating system's (flock), which it drops when the process ends
+    however it ends, kill -9 included: a killed run never leaves the place locked. Keep the returned file open for
+    as long as the run goes on (let_go ends it and removes the file)."""
+    f = open(lock_path, 'a+')
+    try:
+        if os.name == 'nt':
+            import msvcrt
+            f.seek(0)
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(lock_path).st_ino != os.fstat(f.fileno()).st_ino:  # the run before let go of it as we opened it
+            raise OSError
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise UserError(f'{place} is in use by {what}{f" (process {holder})" if holder else ""}; '
+                        f'wait for it to finish, or {instead}')
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def let_go(lock):
+    """End a lock taken by hold, removing its file (a later run makes a fresh one)."""
+    with contextlib.suppress(OSError):
+        os.remove(lock.name)
+    lock.close()
 
 
 def disk_full(e):

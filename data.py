@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import random
+import uuid
 import warnings
 
 import numpy as np
@@ -43,6 +44,52 @@ PICTUREBOOK_DIR = 'data/picturebook'  # where train.py draws the picture-book wo
 
 # -----------------------------------------------------------------------------
 # 1. The format: JSONL records and their pictures
+
+MAX_DEPTH = 64  # JSON nested deeper than this (a record, a reply) is refused: Python's parser would overflow its stack
+
+
+def loads(text):
+    """json.loads for text from outside (a file, a server, a model's reply): ValueError, never RecursionError, for
+    JSON nested more than MAX_DEPTH deep."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise ValueError(f'it is JSON nested too deeply (more than {MAX_DEPTH} levels)') from None
+    if too_deep(obj):
+        raise ValueError(f'it is JSON nested too deeply (more than {MAX_DEPTH} levels)')
+    return obj
+
+
+def too_deep(obj):
+    """Whether obj (parsed JSON) nests lists and objects more than MAX_DEPTH deep; without recursion."""
+    stack = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                return True
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return False
+
+
+def inside(root, relative, what):
+    """root/relative, for a path read from data (an annotation's file name, a record's image): a UserError if it
+    would point outside root (an absolute path, a '..' that climbs out, a link that leads out), so data never
+    decides where a file is written."""
+    relative = str(relative)
+    path = os.path.normpath(os.path.join(root, relative))
+    base = os.path.realpath(root)
+    if os.path.isabs(relative) or '\0' in relative or \
+            os.path.commonpath([base, os.path.realpath(path)]) != base:
+        raise UserError(f'{what} {relative!r} points outside {root}; refused')
+    return path
+
+
+def temporary(path, suffix='.tmp'):
+    """A name beside path for a file written before it takes path's name; this process's own, so that two runs
+    writing the same file at once (two trainings preparing one dataset) never write into each other's."""
+    return f'{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}'
+
 
 def read_jsonl(path, unique_ids=False):
     """The records of a JSONL file: one JSON object a line, blank lines allowed, UTF-8 with or without a byte-order
@@ -69,9 +116,9 @@ def parse_jsonl(path, lines, unique_ids=False):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f'{path}:{n} is not valid JSON') from None
+            record = loads(line)
+        except ValueError as e:  # json.JSONDecodeError is one
+            raise UserError(f'{path}:{n} is not valid JSON' + (f': {e}' if 'deeply' in str(e) else '')) from None
         if not isinstance(record, dict):
             raise UserError(f'{path}:{n} is not a JSON object {{...}}; every line must be one record')
         if unique_ids and 'id' in record:
@@ -84,18 +131,27 @@ def parse_jsonl(path, lines, unique_ids=False):
 
 
 def write_jsonl(path, records, kept=None):
-    """Write all records to path atomically: a crash or a full disk never leaves half a file where a whole one was.
-    kept: what to say was kept if the write fails (by default, the file as it was)."""
-    tmp = path + '.tmp'
+    """Write all records to path atomically (write_file)."""
+    write_file(path, lambda f: f.writelines(json.dumps(r) + '\n' for r in records), kept)
+
+
+def write_file(path, write, kept=None):
+    """Write path atomically: write(f) fills a text file beside it, which is on disk before it takes path's name, so a
+    crash or a full disk never leaves half a file where a whole one was, and a failed write leaves the file there as
+    it was. A file its owner made read-only is refused, not replaced. kept: what to say was kept if the write fails
+    (by default, the file as it was)."""
+    was = f'{path} as it was' if os.path.exists(path) else 'no half-written file'
+    if os.path.isfile(path) and not os.stat(path).st_mode & 0o222:
+        raise UserError(f'{path} is read-only, so it was not replaced (kept: {kept or was}); make it writable or give '
+                        'another file')
+    tmp = temporary(path)
     try:
         with open(tmp, 'w') as f:
-            for r in records:
-                f.write(json.dumps(r) + '\n')
+            write(f)
             f.flush()
             os.fsync(f.fileno())  # on disk before it takes the name: a full disk says so here, not after the rename
         os.replace(tmp, path)
     except OSError as e:
-        was = f'{path} as it was' if os.path.exists(path) else 'no half-written file'
         raise write_failed(e, path, kept or was, [tmp]) from None
 
 
@@ -103,7 +159,11 @@ def append_jsonl(path, records, kept):
     """Append records to path as whole lines, on disk (fsync) before this returns, so a run stopped at any moment
     keeps everything appended before. A line a full disk cut short is taken back: the file always ends on a whole
     line. kept: what to say was kept if the write fails."""
-    lines = memoryview(''.join(json.dumps(r) + '\n' for r in records).encode())
+    text = ''.join(json.dumps(r) + '\n' for r in records)
+    with contextlib.suppress(OSError), open(path, 'rb') as f:
+        if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b'\n':
+            text = '\n' + text  # a file whose last record has no newline (read_log kept it): ours starts a line
+    lines = memoryview(text.encode())
     try:
         with open(path, 'ab', buffering=0) as f:  # unbuffered: nothing is left over to fail again on close
             start = f.tell()
@@ -118,16 +178,37 @@ def append_jsonl(path, records, kept):
         raise write_failed(e, path, kept) from None
 
 
-def read_log(path):
-    """The records of a log appended to as work is done (append_jsonl: chat.run_jobs, train.py). A line cut short by a killed run is removed, so that the next
-    append starts on a line of its own; a file that is not a JSONL log is refused before anything in it is touched."""
+def read_log(path, check=None):
+    """The records of a log appended to as work is done (append_jsonl: chat.run_jobs, sample.py, train.py), read and
+    checked whole before anything in it is touched: a file that is not a JSONL of objects, or whose records
+    check(records) refuses (a UserError), is refused as it is. A last line without a newline is kept when it is a
+    record; when it is not (a line cut short by a killed run) it is removed, once the rest has passed, so that the next
+    append starts on a line of its own."""
     if not os.path.exists(path):
         return []
-    with open(path, 'rb') as f:
-        raw = f.read()
+    if not os.path.isfile(path):
+        raise UserError(f'{path} is not a file')
+    try:
+        with open(path, 'rb') as f:
+            raw = f.read()
+    except OSError as e:
+        raise UserError(f'cannot read {path}: {e.strerror or e}')
     whole = raw[:raw.rfind(b'\n') + 1]
-    records = parse_jsonl(path, whole.splitlines(keepends=True))
+    lines = whole.splitlines(keepends=True)
+    cut = b''
     if len(whole) < len(raw):
+        try:
+            parse_jsonl(path, [raw[len(whole):]])
+            lines.append(raw[len(whole):])  # a whole record, only without its newline
+        except UserError:
+            cut = raw[len(whole):]
+    records = parse_jsonl(path, lines)
+    if check:
+        check(records)
+    if cut:
+        if not records:  # nothing here is ours: one line of something else
+            raise UserError(f'{path} is not a JSONL file of records (it is one line without a newline, and not JSON); '
+                            'give another file, or delete it if a killed run left it')
         with open(path, 'r+b') as f:
             f.truncate(len(whole))
     return records
@@ -288,7 +369,7 @@ def prepare(data_dir, img_size, splits=('train', 'val')):
         for i, pair in enumerate(texts):
             for j, t in enumerate(pair):
                 tokens[i, j, :len(t)] = t
-        partial = [images_path + '.tmp.npy', tokens_path + '.tmp.npy']
+        partial = [temporary(images_path, '.tmp.npy'), temporary(tokens_path, '.tmp.npy')]
         try:
             # A picture at a time into a plain file, not a memory map: on a full disk a write says so, where a memory
             # map would kill the process with SIGBUS.
@@ -318,19 +399,13 @@ def vocabulary(data_dir):
     if os.path.exists(path):
         try:
             with open(path) as f:
-                return Tokenizer.from_state(json.load(f))
+                return Tokenizer.from_state(loads(f.read()))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f'{path} is damaged ({e}); delete it and the .npy files beside it, and run again to prepare '
                             'them again (a checkpoint made with the old vocabulary cannot resume on the new one)')
     train = read_jsonl(os.path.join(data_dir, 'train.jsonl'))
     tok = Tokenizer.fit(r[s] for r in train for s in STYLES if r.get(s))
-    try:
-        with open(path + '.tmp', 'w') as f:
-            json.dump(tok.state(), f)
-        os.replace(path + '.tmp', path)
-    except OSError as e:
-        raise write_failed(e, path, 'the dataset; the vocabulary is made again on the next run',
-                           [path + '.tmp']) from None
+    write_file(path, lambda f: json.dump(tok.state(), f), 'the dataset; the vocabulary is made again on the next run')
     return tok
 
 

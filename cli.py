@@ -156,10 +156,11 @@ def hold(lock_path, place, what, instead):
         f.close()
         raise UserError(f'{place} is in use by {what}{f" (process {holder})" if holder else ""}; '
                         f'wait for it to finish, or {instead}')
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
+    with contextlib.suppress(OSError):  # who holds it, for the message above; a full disk leaves it unsaid
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
     return f
 
 
@@ -167,7 +168,8 @@ def let_go(lock):
     """End a lock taken by hold, removing its file (a later run makes a fresh one)."""
     with contextlib.suppress(OSError):
         os.remove(lock.name)
-    lock.close()
+    with contextlib.suppress(OSError):  # the process id it could not write on a full disk is not written now either
+        lock.close()
 
 
 def disk_full(e):

@@ -235,7 +235,7 @@ def verify_image(path):
     try:
         with Image.open(path) as im:
             if im.format not in PHOTO_FORMATS:
-                return f'{path} is a {im.format} file, not a photo ({", ".join(PHOTO_FORMATS)})'
+                return f'it is in {im.format} format, not a photo\'s ({", ".join(PHOTO_FORMATS)})'
     except Exception:  # what is wrong, open_image says below
         pass
     try:
@@ -324,7 +324,9 @@ def coco_items(c, out_dir):
             raise
     if missing:
         progress(f'downloaded {len(missing) - len(failed):,} images' + (
-            f'; {len(failed)} failed, e.g. {failed[0][1]} (run again to retry them)' if failed else ''), last=True)
+            f'; {len(failed)} failed (run again to retry them):' if failed else ''), last=True)
+    for i, why in sorted(failed):
+        print(f'skipped COCO image {i[len("coco-"):]}: {why}')
     gone = {i for i, _ in failed}
     return [it for it in items if it['id'] not in gone]
 

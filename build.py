@@ -19,6 +19,7 @@ sample.py and grade.py read like any other. The chat model is reached through ch
     python build.py --dataset=jsonl --path=mine.jsonl       # {"image": "a.jpg", "short": "...", "long": "..."}
 """
 import contextlib
+import hashlib
 import os
 import random
 import re
@@ -199,7 +200,7 @@ def download(url, path, verify, timeout=60.0, max_bytes=64 << 20, stall=None, re
                         if show:
                             progress(f'{show}: {f.tell() / 1e6:,.1f}' + (f' of {total / 1e6:,.1f}' if total else '') + ' MB')
                     return write
-                r = chat.fetch('GET', url, timeout, max(1, max_bytes - have), to_part, stall,
+                r = chat.fetch('GET', url, timeout, max_bytes, to_part, stall,
                                headers={'Range': f'bytes={have}-'} if have else {})
             if r.status_code == 416:  # the part is already whole, or the server changed the file: start again
                 os.remove(part)
@@ -226,8 +227,8 @@ def download(url, path, verify, timeout=60.0, max_bytes=64 << 20, stall=None, re
     raise chat.RequestFailed(f'cannot download {url}: {problem}')
 
 
-PHOTO_FORMATS = ('JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF')  # what a downloaded picture may be (an XBM or XPM is
-# also a text file that other programs read as code: one is no photo)
+PHOTO_FORMATS = ('JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF')  # what a downloaded picture may be: not XBM, which is
+# C source that Pillow reads as a picture, and can be written to be a Python program as well
 
 
 def verify_image(path):
@@ -244,6 +245,14 @@ def verify_image(path):
         return str(e)
 
 
+def file_md5(path):
+    digest = hashlib.md5()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def verify_zip(path):
     """None if path is a whole zip archive (every member's checksum is right, and all of them unpack to at most
     4 x ANNOTATIONS_BYTES), else what is wrong with it."""
@@ -257,6 +266,9 @@ def verify_zip(path):
         return f'not a zip archive ({e})'
 
 
+ANNOTATIONS_MD5 = {'images.cocodataset.org': 'f4bbac642086de4f52a3fdda2de5fa2c'}  # host -> the MD5 its archive
+# must have (COCO's published checksum of annotations_trainval2017.zip, 252,907,541 bytes): the CRCs inside a zip
+# can be forged along with its contents. A mirror's archive is checked by its CRCs alone.
 ANNOTATIONS_SECONDS = 1800  # the longest one try at the COCO annotations (241 MB) may take; a rerun resumes it
 ANNOTATIONS_BYTES = 1 << 30  # the annotations archive and the captions in it are at most this long (a zip bomb is not)
 
@@ -266,8 +278,14 @@ def coco_items(c, out_dir):
     annotations (241 MB) and just those images are downloaded, not the 18 GB archive. An image whose file name
     would land outside OUT/images, or is not a picture's, is refused in one line and left out."""
     zip_path = os.path.join(out_dir, 'annotations_trainval2017.zip')
+    md5 = ANNOTATIONS_MD5.get(urllib.parse.urlsplit(c.coco_url).hostname)
+
+    def verify(path):
+        if md5 and file_md5(path) != md5:
+            return f'it is not the archive COCO published (its MD5 is not {md5})'
+        return verify_zip(path)
     try:
-        download(f'{c.coco_url}/annotations/annotations_trainval2017.zip', zip_path, verify_zip, ANNOTATIONS_SECONDS,
+        download(f'{c.coco_url}/annotations/annotations_trainval2017.zip', zip_path, verify, ANNOTATIONS_SECONDS,
                  ANNOTATIONS_BYTES, stall=c.timeout, show='downloading the COCO annotations')
     except chat.RequestFailed as e:
         raise UserError(f'{e}; run again to resume the download')

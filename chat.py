@@ -21,6 +21,7 @@ import ipaddress
 import json
 import os
 import socket
+import string
 import sys
 import threading
 import time
@@ -114,12 +115,13 @@ class _Adapter(requests.adapters.HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {'http': _HTTPPool, 'https': _HTTPSPool}
 
 
-def fetch(method, url, timeout, max_bytes=MAX_REPLY, write=None, **kwargs):
+def fetch(method, url, timeout, max_bytes=MAX_REPLY, write=None, stall=None, **kwargs):
     """One HTTP request, its reply read whole within timeout seconds of the start however slowly the server sends
     it, and at most max_bytes long (counted after decompression): the one reader of what comes from a server (a chat
-    reply, a download). Returns the requests.Response, its content read; with write, the body of a 200 or 206 reply
-    goes to write(chunk) as it comes instead. Raises requests.Timeout when the deadline passes, TooLarge over
-    max_bytes, and requests' other errors for a connection that fails."""
+    reply, a download). Returns the requests.Response with its content read. write(response), called once the
+    headers are in, may return a function that takes each chunk of the body as it comes (a download into a file)
+    instead. stall: seconds to wait for the next bytes (default: timeout). Raises requests.Timeout when the deadline
+    passes, TooLarge over max_bytes, and requests' other errors for a connection that fails."""
     watch = {'socket': None, 'expired': False}
 
     def expire():
@@ -136,12 +138,13 @@ def fetch(method, url, timeout, max_bytes=MAX_REPLY, write=None, **kwargs):
         with requests.Session() as session:
             session.mount('http://', _Adapter())
             session.mount('https://', _Adapter())
-            with session.request(method, url, stream=True, timeout=(min(10.0, timeout), timeout), **kwargs) as r:
+            stall = stall or timeout
+            with session.request(method, url, stream=True, timeout=(min(10.0, stall), stall), **kwargs) as r:
                 if int(r.headers.get('Content-Length') or 0) > max_bytes:
                     raise TooLarge(f'the reply is {int(r.headers["Content-Length"]):,} bytes, over the '
                                    f'{max_bytes:,} allowed')
                 size, chunks = 0, []
-                to = write if write and r.status_code in (200, 206) else chunks.append
+                to = (write and write(r)) or chunks.append
                 for chunk in r.iter_content(1 << 16):
                     size += len(chunk)
                     if size > max_bytes:
@@ -151,7 +154,7 @@ def fetch(method, url, timeout, max_bytes=MAX_REPLY, write=None, **kwargs):
                         break
                 if watch['expired']:
                     raise requests.Timeout
-                r._content = b''.join(chunks)
+                r._content = b''.join(chunks)  # where requests keeps a body it has read: r.content, r.text see it
                 return r
     except requests.RequestException:
         if watch['expired']:
@@ -272,17 +275,21 @@ class ChatEndpoint:
         return said
 
 
+ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
 def page_summary(text):
     """An error body that is not JSON, in a few words for a one-line error: an HTML page's <title> (a proxy's
     "502 Bad Gateway"), 'an HTML error page' if it has none, else the start of the text."""
-    head = text[:4096].lower()  # a title is near the top; a pattern run over all of a long page would take seconds
+    text = text[:4096]  # a title is near the top; a pattern run over all of a long page took seconds
+    head = text.translate(ASCII_LOWER)  # tags in any case, each character where it was
     start = head.find('<title')
     opened, end = head.find('>', start), head.find('</title>', start)
     if start != -1 and start < opened < end:
         text = html.unescape(text[opened + 1:end])
     elif any(tag in head for tag in ('<!doctype', '<html', '<head', '<body')):
         return 'an HTML error page'
-    text = ' '.join(text[:4096].split())
+    text = ' '.join(text.split())
     return text if len(text) <= 100 else text[:100] + '...'
 
 

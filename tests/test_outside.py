@@ -16,7 +16,8 @@ import build
 import chat
 import data
 import grade
-from cli import UserError, hold
+import cli
+from cli import UserError
 from servers import XBM_PYTHON, chat_server, coco_server
 
 KEY = 'sk-test-0123456789'
@@ -87,8 +88,18 @@ def test_the_safe_join_keeps_inside(tmp_path):
                 data.inside(root, name, 'name')
 
 
-def test_coco_is_fetched_over_https_by_default():
-    assert build.DEFAULTS['coco_url'].startswith('https://')
+def test_coco_is_fetched_over_https_by_default_and_its_archive_is_pinned(tmp_path, api, monkeypatch):
+    assert build.DEFAULTS['coco_url'].startswith('https://images.cocodataset.org')
+    assert build.ANNOTATIONS_MD5['images.cocodataset.org'] == 'f4bbac642086de4f52a3fdda2de5fa2c'
+    coco = coco_server()
+    monkeypatch.setattr(build, 'ANNOTATIONS_MD5', {'127.0.0.1': '0' * 32})  # as if this server were COCO's
+    try:
+        with pytest.raises(UserError, match='it is not the archive COCO published'):
+            build.main(['--dataset=coco', '--n=4', '--n_test=1', f'--out={tmp_path / "c"}', f'--coco_url={coco.url}',
+                        f'--base_url={api.url}/v1', '--yes=true'])
+    finally:
+        coco.close()
+    assert not (tmp_path / 'c' / 'annotations_trainval2017.zip').exists()
 
 
 # -----------------------------------------------------------------------------
@@ -309,7 +320,7 @@ def test_two_builds_into_one_folder_the_second_is_refused_and_nothing_is_paid_tw
 
 def test_two_gradings_sharing_a_cache_the_second_is_refused(tmp_path, api):
     cache = str(tmp_path / 'cache.jsonl')
-    lock = hold(cache + '.lock', cache, 'another grading', 'give it another --cache')
+    lock = cli.hold(cache + '.lock', cache, 'another grading', 'give it another --cache')
     try:
         with pytest.raises(UserError, match='cache.jsonl is in use by another grading'):
             grade.main([samples(tmp_path / 's.jsonl', 2), '--judge=gpt', f'--base_url={api.url}/v1',

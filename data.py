@@ -182,8 +182,8 @@ def read_log(path, check=None):
     """The records of a log appended to as work is done (append_jsonl: chat.run_jobs, sample.py, train.py), read and
     checked whole before anything in it is touched: a file that is not a JSONL of objects, or whose records
     check(records) refuses (a UserError), is refused as it is. A last line without a newline is kept when it is a
-    record; when it is not (a line cut short by a killed run) it is removed, once the rest has passed, so that the next
-    append starts on a line of its own."""
+    record; when it is the start of one (a line cut short by a killed run) it is removed, once the rest has passed, so
+    that the next append starts on a line of its own; when it is anything else, the file is refused as it is."""
     if not os.path.exists(path):
         return []
     if not os.path.isfile(path):
@@ -206,9 +206,9 @@ def read_log(path, check=None):
     if check:
         check(records)
     if cut:
-        if not records:  # nothing here is ours: one line of something else
-            raise UserError(f'{path} is not a JSONL file of records (it is one line without a newline, and not JSON); '
-                            'give another file, or delete it if a killed run left it')
+        if not cut.startswith(b'{"'):  # not the start of a record we write: the file is something else
+            raise UserError(f'{path} is not a JSONL file of records (its last line is neither a record nor the start '
+                            'of one); give another file')
         with open(path, 'r+b') as f:
             f.truncate(len(whole))
     return records

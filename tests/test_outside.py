@@ -168,6 +168,9 @@ def test_a_log_whose_last_record_has_no_newline_keeps_it_and_a_refused_one_is_un
     assert [r['id'] for r in data.read_log(str(path))] == ['a', 'b'] and path.read_bytes() == raw
     data.append_jsonl(str(path), [{'id': 'c', 'text': 'three', 'style': 'short'}], 'kept')
     assert [r['id'] for r in data.read_jsonl(str(path))] == ['a', 'b', 'c']
+    first = tmp_path / 'first.jsonl'  # a run killed while it wrote its first record: that start is taken back
+    first.write_bytes(b'{"id": "a", "te')
+    assert data.read_log(str(first)) == [] and first.read_bytes() == b''
     other = tmp_path / 'other.jsonl'
     other.write_bytes(b'{"x": 1}\n{"x": 2, "cut')
     with pytest.raises(UserError, match='not grades'):

@@ -168,3 +168,18 @@ def test_a_download_stops_in_one_line_without_retrying(disk, api):
     finally:
         coco.close()
     assert sum(len(data.read_jsonl(os.path.join(out, f'{s}.jsonl'))) for s in ('train', 'val', 'test')) == 5
+
+
+def test_a_json_report_that_does_not_fit_leaves_the_last_one(disk, tmp_path, picturebook_dir):
+    samples = str(tmp_path / 's.jsonl')
+    test = data.read_jsonl(os.path.join(picturebook_dir, 'test.jsonl'))[:3]
+    data.write_jsonl(samples, [{'id': r['id'], 'text': r['short'], 'scene': r['scene']} for r in test])
+    target = os.path.join(disk, 'results.json')
+    with open(target, 'w') as f:
+        f.write('{"earlier": "results"}')
+    fill(disk, 0)
+    with pytest.raises(UserError, match=f'^the disk is full writing {target} .kept: the table above'):
+        grade.main([samples, '--judge=grounding', f'--json={target}'])
+    with open(target) as f:
+        assert f.read() == '{"earlier": "results"}'  # not deleted, not cut
+    assert sorted(os.listdir(disk)) == ['filler', 'results.json']

@@ -33,8 +33,8 @@ import requests
 from PIL import Image
 
 import chat
-from cli import UserError, disk_full, hold, let_go, parse_flags, run_cli, write_failed
-from data import add_beginnings, inside, loads, open_image, read_jsonl, read_log, write_jsonl
+from cli import UserError, disk_full, hold, inside, let_go, parse_flags, run_cli, write_failed
+from data import add_beginnings, loads, open_image, read_jsonl, read_log, write_jsonl
 from picturebook import LENGTHS, STYLES, sentence_count, word_count
 
 # -----------------------------------------------------------------------------

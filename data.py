@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import random
-import uuid
 import warnings
 
 import numpy as np
@@ -32,7 +31,7 @@ import torch
 from PIL import Image, ImageOps
 
 import picturebook
-from cli import UserError, parse_flags, run_cli, write_failed
+from cli import UserError, parse_flags, run_cli, temporary, write_failed, write_file
 from picturebook import STYLES
 
 # Pillow refuses a picture over twice its pixel limit and reads one over the limit with a warning; open_image refuses
@@ -70,25 +69,6 @@ def too_deep(obj):
                 return True
             stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
     return False
-
-
-def inside(root, relative, what):
-    """root/relative, for a path read from data (an annotation's file name, a record's image): a UserError if it
-    would point outside root (an absolute path, a '..' that climbs out, a link that leads out), so data never
-    decides where a file is written."""
-    relative = str(relative)
-    path = os.path.normpath(os.path.join(root, relative))
-    base = os.path.realpath(root)
-    if os.path.isabs(relative) or '\0' in relative or \
-            os.path.commonpath([base, os.path.realpath(path)]) != base:
-        raise UserError(f'{what} {relative!r} points outside {root}; refused')
-    return path
-
-
-def temporary(path, suffix='.tmp'):
-    """A name beside path for a file written before it takes path's name; this process's own, so that two runs
-    writing the same file at once (two trainings preparing one dataset) never write into each other's."""
-    return f'{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}'
 
 
 def read_jsonl(path, unique_ids=False):
@@ -133,26 +113,6 @@ def parse_jsonl(path, lines, unique_ids=False):
 def write_jsonl(path, records, kept=None):
     """Write all records to path atomically (write_file)."""
     write_file(path, lambda f: f.writelines(json.dumps(r) + '\n' for r in records), kept)
-
-
-def write_file(path, write, kept=None):
-    """Write path atomically: write(f) fills a text file beside it, which is on disk before it takes path's name, so a
-    crash or a full disk never leaves half a file where a whole one was, and a failed write leaves the file there as
-    it was. A file its owner made read-only is refused, not replaced. kept: what to say was kept if the write fails
-    (by default, the file as it was)."""
-    was = f'{path} as it was' if os.path.exists(path) else 'no half-written file'
-    if os.path.isfile(path) and not os.stat(path).st_mode & 0o222:
-        raise UserError(f'{path} is read-only, so it was not replaced (kept: {kept or was}); make it writable or give '
-                        'another file')
-    tmp = temporary(path)
-    try:
-        with open(tmp, 'w') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before it takes the name: a full disk says so here, not after the rename
-        os.replace(tmp, path)
-    except OSError as e:
-        raise write_failed(e, path, kept or was, [tmp]) from None
 
 
 def append_jsonl(path, records, kept):

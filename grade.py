@@ -36,7 +36,7 @@ import numpy as np
 
 import chat
 import data
-from cli import UserError, hold, let_go, parse_flags, run_cli
+from cli import UserError, hold, let_go, parse_flags, run_cli, write_file
 from picturebook import facts, true_of
 
 DEFAULTS = {
@@ -385,7 +385,7 @@ def main(argv):
         results = {path: rouge(rs, indexes[train[path]]) for path, rs in records.items()}
     print(table(results))
     if c.json:
-        data.write_file(c.json, lambda f: json.dump(results, f, indent=2),
+        write_file(c.json, lambda f: json.dump(results, f, indent=2),
                         'the table above' + (f', every grade in {c.cache}' if c.judge == 'gpt' else ''))
 
 

@@ -81,11 +81,11 @@ def test_the_safe_join_keeps_inside(tmp_path):
     root = str(tmp_path / 'root')
     os.makedirs(root)
     os.symlink(str(tmp_path), os.path.join(root, 'up'))
-    assert data.inside(root, 'images/a.jpg', 'name') == os.path.join(root, 'images', 'a.jpg')
+    assert cli.inside(root, 'images/a.jpg', 'name') == os.path.join(root, 'images', 'a.jpg')
     for name in ['../x.py', '/etc/passwd', 'images/../../x.py', 'up/x.py', '']:
         if name:
             with pytest.raises(UserError, match='points outside'):
-                data.inside(root, name, 'name')
+                cli.inside(root, name, 'name')
 
 
 def test_coco_is_fetched_over_https_by_default_and_its_archive_is_pinned(tmp_path, api, monkeypatch):
@@ -335,7 +335,7 @@ def test_two_gradings_sharing_a_cache_the_second_is_refused(tmp_path, api):
 
 def test_temporary_names_are_each_writers_own(tmp_path):
     path = str(tmp_path / 'train.jsonl')
-    names = {data.temporary(path) for _ in range(3)}
+    names = {cli.temporary(path) for _ in range(3)}
     assert len(names) == 3 and all(n.startswith(path + f'.{os.getpid()}-') and n.endswith('.tmp') for n in names)
     data.write_jsonl(path, [{'id': 1}])
     assert os.listdir(tmp_path) == ['train.jsonl']

@@ -270,7 +270,7 @@ ANNOTATIONS_MD5 = {'images.cocodataset.org': 'f4bbac642086de4f52a3fdda2de5fa2c'}
 # must have (COCO's published checksum of annotations_trainval2017.zip, 252,907,541 bytes): the CRCs inside a zip
 # can be forged along with its contents. A mirror's archive is checked by its CRCs alone.
 ANNOTATIONS_SECONDS = 1800  # the longest one try at the COCO annotations (241 MB) may take; a rerun resumes it
-ANNOTATIONS_BYTES = 1 << 30  # the annotations archive and the captions in it are at most this long (a zip bomb is not)
+ANNOTATIONS_BYTES = 512 << 20  # the archive (253 MB) and its captions (92 MB) are at most this long; a zip bomb is not
 
 
 def coco_items(c, out_dir):

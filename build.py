@@ -270,7 +270,7 @@ ANNOTATIONS_MD5 = {'images.cocodataset.org': 'f4bbac642086de4f52a3fdda2de5fa2c'}
 # must have (COCO's published checksum of annotations_trainval2017.zip, 252,907,541 bytes): the CRCs inside a zip
 # can be forged along with its contents. A mirror's archive is checked by its CRCs alone.
 ANNOTATIONS_SECONDS = 1800  # the longest one try at the COCO annotations (241 MB) may take; a rerun resumes it
-ANNOTATIONS_BYTES = 512 << 20  # the archive (253 MB) and its captions (92 MB) are at most this long; a zip bomb is not
+ANNOTATIONS_BYTES = 512 << 20  # the archive (253 MB) and its captions (92 MB) are at most this long; a bomb is not
 
 
 def coco_items(c, out_dir):
@@ -403,7 +403,8 @@ OUTPUTS = ('train.jsonl', 'val.jsonl', 'test.jsonl', 'build.jsonl')  # what a bu
 def build(c, out_dir):
     """Build the dataset c.dataset into out_dir, resuming whatever an earlier run of the same command began. One
     build at a time holds the folder: a second is refused, so nothing is paid for twice."""
-    if c.dataset == 'jsonl' and os.path.realpath(c.path) in {os.path.realpath(os.path.join(out_dir, f)) for f in OUTPUTS}:
+    written = {os.path.realpath(os.path.join(out_dir, f)) for f in OUTPUTS}
+    if c.dataset == 'jsonl' and os.path.realpath(c.path) in written:
         raise UserError(f'--path={c.path} would be overwritten by the dataset written into {out_dir}; give another '
                         '--out, or rename the file')
     os.makedirs(out_dir, exist_ok=True)

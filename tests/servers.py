@@ -71,7 +71,7 @@ def coco_files(n_images=16, n_few=3, hostile=()):
     for k, name in enumerate(hostile, n_images + n_few + 1):
         images.append({'id': k, 'file_name': name})
         annotations += [{'id': 100 * k + j, 'image_id': k, 'caption': f'A cat number {k} sleeps. '} for j in range(5)]
-        files[f'/train2017/{name}'] = files[f'/train2017/{os.path.basename(name)}'] = XBM_PYTHON  # either way it is asked
+        files[f'/train2017/{name}'] = files[f'/train2017/{os.path.basename(name)}'] = XBM_PYTHON  # asked either way
     for i in range(1, n_images + n_few + 1):
         name = f'{i:012d}.jpg'
         images.append({'id': i, 'file_name': name, 'coco_url': f'http://images.cocodataset.org/train2017/{name}'})

@@ -285,7 +285,8 @@ def test_a_long_error_page_is_summarised_at_once():
 def test_the_annotations_are_read_with_a_size_bound(tmp_path, api, monkeypatch):
     coco = coco_server()
     (tmp_path / 'c').mkdir()  # downloaded before; its captions are 8 kB
-    (tmp_path / 'c' / 'annotations_trainval2017.zip').write_bytes(coco.files['/annotations/annotations_trainval2017.zip'])
+    zip_bytes = coco.files['/annotations/annotations_trainval2017.zip']
+    (tmp_path / 'c' / 'annotations_trainval2017.zip').write_bytes(zip_bytes)
     monkeypatch.setattr(build, 'ANNOTATIONS_BYTES', 1000)
     argv = ['--dataset=coco', '--n=4', '--n_test=1', f'--coco_url={coco.url}', f'--base_url={api.url}/v1', '--yes=true']
     try:

@@ -18,20 +18,23 @@ sample.py and grade.py read like any other. The chat model is reached through ch
     python build.py --dataset=folder --images=~/photos --base_url=http://localhost:8000/v1 --model=qwen2.5-vl
     python build.py --dataset=jsonl --path=mine.jsonl       # {"image": "a.jpg", "short": "...", "long": "..."}
 """
-import json
+import contextlib
+import hashlib
 import os
 import random
 import re
 import time
+import urllib.parse
 import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from types import SimpleNamespace
 
 import requests
+from PIL import Image
 
 import chat
-from cli import UserError, disk_full, parse_flags, run_cli, write_failed
-from data import add_beginnings, open_image, read_jsonl, read_log, write_jsonl
+from cli import UserError, disk_full, hold, inside, let_go, parse_flags, run_cli, write_failed
+from data import add_beginnings, loads, open_image, read_jsonl, read_log, write_jsonl
 from picturebook import LENGTHS, STYLES, sentence_count, word_count
 
 # -----------------------------------------------------------------------------
@@ -125,7 +128,7 @@ def describe_image(endpoint, item, out_dir, c):
 def describe_all(items, out_dir, c):
     """Describe every item not yet in OUT/build.jsonl. Returns False if the user declined to spend."""
     log_path = os.path.join(out_dir, 'build.jsonl')
-    done = {r['id'] for r in read_log(log_path)}
+    done = {r['id'] for r in read_log(log_path, check=build_log)}
     todo = [it for it in items if it['id'] not in done]
     if not todo:
         return True
@@ -136,6 +139,12 @@ def describe_all(items, out_dir, c):
     chat.run_jobs(endpoint, todo, lambda item: describe_image(endpoint, item, out_dir, c), log_path, c,
                   ('described', 'images', 'skipped'))
     return True
+
+
+def build_log(records):
+    """read_log's check of OUT/build.jsonl: every record is an image's, with its id."""
+    if any('id' not in r for r in records):
+        raise UserError('build.jsonl holds records that are not a build\'s (one has no "id"); give another --out')
 
 
 def assign_splits(items, n_test):
@@ -164,34 +173,43 @@ def write_splits(out_dir, items, records):
 # -----------------------------------------------------------------------------
 # The sources: where the images (and captions) come from.
 
-def download(url, path, verify, timeout=60.0, retries=5, show=''):
-    """Stream url to path. A partial download (path.part) is resumed with an HTTP Range request, and a file only takes
-    its final name after its length and verify(path.part) have passed, so a file at path is always whole. With
+def download(url, path, verify, timeout=60.0, max_bytes=64 << 20, stall=None, retries=5, show=''):
+    """Download url to path, each try read by chat.fetch (within timeout seconds, stall seconds at most without a
+    byte, at most max_bytes). A partial download (path.part) is resumed with an HTTP Range request, and a file only
+    takes its final name after its length and verify(path.part) have passed, so a file at path is always whole. With
     show, a progress line of that name."""
     if os.path.exists(path):
         return
     part, problem, progress = path + '.part', '', chat.Progress()
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     for attempt in range(retries + 1):
         have = os.path.getsize(part) if os.path.exists(part) else 0
         try:
-            with requests.get(url, headers={'Range': f'bytes={have}-'} if have else {}, stream=True,
-                              timeout=(10, timeout)) as r:
-                if r.status_code == 416:  # the part is already whole, or the server changed the file: start again
-                    os.remove(part)
-                    continue
-                if r.status_code not in (200, 206):
-                    problem = f'HTTP {r.status_code}'
-                    if r.status_code < 500 and r.status_code != 429:
-                        break
-                    raise requests.ConnectionError(problem)
-                if r.status_code == 200:
-                    have = 0  # the server ignored the range: the whole file comes again
-                total = have + int(r.headers['Content-Length']) if 'Content-Length' in r.headers else None
-                with open(part, 'ab' if have else 'wb') as f:
-                    for chunk in r.iter_content(1 << 16):
+            with contextlib.ExitStack() as files:
+                total = None
+
+                def to_part(r):  # a 206 goes on from the part; a 200 (the server ignored the range) starts it again
+                    nonlocal total
+                    if r.status_code not in (200, 206):
+                        return None
+                    f = files.enter_context(open(part, 'ab' if r.status_code == 206 else 'wb'))
+                    total = f.tell() + int(r.headers['Content-Length']) if 'Content-Length' in r.headers else None
+
+                    def write(chunk):
                         f.write(chunk)
                         if show:
                             progress(f'{show}: {f.tell() / 1e6:,.1f}' + (f' of {total / 1e6:,.1f}' if total else '') + ' MB')
+                    return write
+                r = chat.fetch('GET', url, timeout, max_bytes, to_part, stall,
+                               headers={'Range': f'bytes={have}-'} if have else {})
+            if r.status_code == 416:  # the part is already whole, or the server changed the file: start again
+                os.remove(part)
+                continue
+            if r.status_code not in (200, 206):
+                problem = f'HTTP {r.status_code}'
+                if r.status_code < 500 and r.status_code != 429:
+                    break
+                raise requests.ConnectionError(problem)
             if total is not None and os.path.getsize(part) != total:
                 raise requests.ConnectionError(f'got {os.path.getsize(part)} of {total} bytes')
             problem = verify(part)
@@ -209,55 +227,106 @@ def download(url, path, verify, timeout=60.0, retries=5, show=''):
     raise chat.RequestFailed(f'cannot download {url}: {problem}')
 
 
+PHOTO_FORMATS = ('JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF')  # what a downloaded picture may be: not XBM, which is
+# C source that Pillow reads as a picture, and can be written to be a Python program as well
+
+
 def verify_image(path):
-    """None if path is a whole, readable image, else what is wrong with it."""
+    """None if path is a whole, readable photo in one of PHOTO_FORMATS, else what is wrong with it."""
+    try:
+        with Image.open(path) as im:
+            if im.format not in PHOTO_FORMATS:
+                return f'it is in {im.format} format, not a photo\'s ({", ".join(PHOTO_FORMATS)})'
+    except Exception:  # what is wrong, open_image says below
+        pass
     try:
         open_image(path)
     except UserError as e:
         return str(e)
 
 
+def file_md5(path):
+    digest = hashlib.md5()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def verify_zip(path):
-    """None if path is a whole zip archive (every member's checksum is right), else what is wrong with it."""
+    """None if path is a whole zip archive (every member's checksum is right, and all of them unpack to at most
+    4 x ANNOTATIONS_BYTES), else what is wrong with it."""
     try:
         with zipfile.ZipFile(path) as z:
+            if sum(member.file_size for member in z.infolist()) > 4 * ANNOTATIONS_BYTES:
+                return f'it unpacks to more than {4 * ANNOTATIONS_BYTES:,} bytes'
             bad = z.testzip()
         return f'{bad} in the archive is corrupt' if bad else None
     except zipfile.BadZipFile as e:
         return f'not a zip archive ({e})'
 
 
+ANNOTATIONS_MD5 = {'images.cocodataset.org': 'f4bbac642086de4f52a3fdda2de5fa2c'}  # host -> the MD5 its archive
+# must have (COCO's published checksum of annotations_trainval2017.zip, 252,907,541 bytes): the CRCs inside a zip
+# can be forged along with its contents. A mirror's archive is checked by its CRCs alone.
+ANNOTATIONS_SECONDS = 1800  # the longest one try at the COCO annotations (241 MB) may take; a rerun resumes it
+ANNOTATIONS_BYTES = 512 << 20  # the archive (253 MB) and its captions (92 MB) are at most this long; a bomb is not
+
+
 def coco_items(c, out_dir):
     """c.n + c.n_test COCO train2017 images with at least five captions, picked at random for the seed; the caption
-    annotations (241 MB) and just those images are downloaded, not the 18 GB archive."""
+    annotations (241 MB) and just those images are downloaded, not the 18 GB archive. An image whose file name
+    would land outside OUT/images, or is not a picture's, is refused in one line and left out."""
     zip_path = os.path.join(out_dir, 'annotations_trainval2017.zip')
+    md5 = ANNOTATIONS_MD5.get(urllib.parse.urlsplit(c.coco_url).hostname)
+
+    def verify(path):
+        if md5 and file_md5(path) != md5:
+            return f'it is not the archive COCO published (its MD5 is not {md5})'
+        return verify_zip(path)
     try:
-        download(f'{c.coco_url}/annotations/annotations_trainval2017.zip', zip_path, verify_zip, c.timeout,
-                 show='downloading the COCO annotations')
+        download(f'{c.coco_url}/annotations/annotations_trainval2017.zip', zip_path, verify, ANNOTATIONS_SECONDS,
+                 ANNOTATIONS_BYTES, stall=c.timeout, show='downloading the COCO annotations')
     except chat.RequestFailed as e:
         raise UserError(f'{e}; run again to resume the download')
-    with zipfile.ZipFile(zip_path) as z, z.open('annotations/captions_train2017.json') as f:
-        ann = json.load(f)
-    captions = {}
-    for a in sorted(ann['annotations'], key=lambda a: a['id']):
-        captions.setdefault(a['image_id'], []).append(' '.join(a['caption'].split()))
-    files = {im['id']: im['file_name'] for im in ann['images']}
+    try:
+        with zipfile.ZipFile(zip_path) as z, z.open('annotations/captions_train2017.json') as f:
+            raw = f.read(ANNOTATIONS_BYTES + 1)  # never more, whatever the archive says of its size
+        if len(raw) > ANNOTATIONS_BYTES:
+            raise ValueError(f'the captions are over {ANNOTATIONS_BYTES:,} bytes')
+        ann = loads(raw)
+        captions = {}
+        for a in sorted(ann['annotations'], key=lambda a: a['id']):
+            captions.setdefault(a['image_id'], []).append(' '.join(a['caption'].split()))
+        files = {im['id']: str(im['file_name']) for im in ann['images']}
+    except (KeyError, TypeError, ValueError, AttributeError, zipfile.BadZipFile) as e:
+        raise UserError(f'{zip_path} does not hold the COCO captions ({e or type(e).__name__}); delete it and run '
+                        'again, or check --coco_url')
     eligible = sorted(i for i, caps in captions.items() if len(caps) >= 5 and i in files)
     n = c.n or 28000
     if n + c.n_test > len(eligible):
         raise UserError(f'COCO has {len(eligible):,} images with five captions, fewer than --n={n} plus '
                         f'--n_test={c.n_test}; ask for fewer')
     chosen = random.Random(c.seed).sample(eligible, n + c.n_test)
-    items = assign_splits([{'id': f'coco-{i}', 'image': f'images/{files[i]}', 'captions': captions[i][:5]}
-                           for i in chosen], c.n_test)
-    os.makedirs(os.path.join(out_dir, 'images'), exist_ok=True)
+    items, images = [], os.path.join(out_dir, 'images')
+    for i in chosen:
+        try:
+            inside(images, files[i], 'the annotations\' file name')
+            if not files[i].lower().endswith(IMAGE_EXTENSIONS):
+                raise UserError(f"the annotations' file name {files[i]!r} is not a picture's; refused")
+        except UserError as e:
+            print(f'skipped COCO image {i}: {e}')
+            continue
+        items.append({'id': f'coco-{i}', 'image': f'images/{files[i]}', 'captions': captions[i][:5]})
+    items = assign_splits(items, c.n_test)
+    os.makedirs(images, exist_ok=True)
     missing = [it for it in items if not os.path.exists(os.path.join(out_dir, it['image']))]
     failed = []
 
     def fetch(it):
         try:
-            download(f"{c.coco_url}/train2017/{os.path.basename(it['image'])}", os.path.join(out_dir, it['image']),
-                     verify_image, c.timeout)
+            download(f"{c.coco_url}/train2017/{urllib.parse.quote(it['image'][len('images/'):])}",
+                     os.path.join(out_dir, it['image']), verify_image, c.timeout)
         except chat.RequestFailed as e:
             failed.append((it['id'], str(e)))
 
@@ -273,7 +342,9 @@ def coco_items(c, out_dir):
             raise
     if missing:
         progress(f'downloaded {len(missing) - len(failed):,} images' + (
-            f'; {len(failed)} failed, e.g. {failed[0][1]} (run again to retry them)' if failed else ''), last=True)
+            f'; {len(failed)} failed (run again to retry them):' if failed else ''), last=True)
+    for i, why in sorted(failed):
+        print(f'skipped COCO image {i[len("coco-"):]}: {why}')
     gone = {i for i, _ in failed}
     return [it for it in items if it['id'] not in gone]
 
@@ -293,9 +364,12 @@ def folder_items(c, out_dir):
 
 def jsonl_records(c, out_dir):
     """Records of a JSONL the user has: each an "image" path (relative to that file, or absolute) and a "short"
-    and/or "long" text. Records without a readable image or a text are skipped, and said so."""
+    and/or "long" text, with whatever else it holds (a "scene") kept. Records without a readable image or a text are
+    skipped, and said so; one without an "id" gets one no other record has."""
     records, root, skipped = [], os.path.dirname(os.path.abspath(c.path)), 0
-    for i, r in enumerate(read_jsonl(c.path, unique_ids=True)):
+    given = read_jsonl(c.path, unique_ids=True)
+    taken = {str(r['id']) for r in given if 'id' in r}
+    for i, r in enumerate(given):
         image = os.path.join(root, str(r.get('image', '')))
         texts = {s: ' '.join(r[s].split()) for s in STYLES if isinstance(r.get(s), str) and r[s].strip()}
         problem = 'has no "image"' if not r.get('image') else 'has no "short" or "long" text' if not texts else \
@@ -303,8 +377,12 @@ def jsonl_records(c, out_dir):
         if problem:
             print(f'skipped record {i + 1}: {problem}')
             skipped += 1
-        else:
-            records.append({'id': str(r.get('id', i)), 'image': os.path.relpath(image, out_dir), **texts})
+            continue
+        rid = str(r['id']) if 'id' in r else f'line-{i + 1}'
+        while 'id' not in r and rid in taken:  # a record's own id wins; this one takes another
+            rid += '+'
+        taken.add(rid)
+        records.append({**r, 'id': rid, 'image': os.path.relpath(image, out_dir), **texts})
     if skipped:
         print(f'skipped {skipped} records of {c.path} (said above)')
     return pick(records, c, f'{c.path} has {len(records)} usable records')
@@ -319,15 +397,27 @@ def pick(items, c, has):
     return assign_splits(items[:c.n + c.n_test] if c.n else items, c.n_test)
 
 
+OUTPUTS = ('train.jsonl', 'val.jsonl', 'test.jsonl', 'build.jsonl')  # what a build writes into its folder
+
+
 def build(c, out_dir):
-    """Build the dataset c.dataset into out_dir, resuming whatever an earlier run of the same command began."""
+    """Build the dataset c.dataset into out_dir, resuming whatever an earlier run of the same command began. One
+    build at a time holds the folder: a second is refused, so nothing is paid for twice."""
+    written = {os.path.realpath(os.path.join(out_dir, f)) for f in OUTPUTS}
+    if c.dataset == 'jsonl' and os.path.realpath(c.path) in written:
+        raise UserError(f'--path={c.path} would be overwritten by the dataset written into {out_dir}; give another '
+                        '--out, or rename the file')
     os.makedirs(out_dir, exist_ok=True)
-    if c.dataset == 'jsonl':
-        items = jsonl_records(c, out_dir)
-        return write_splits(out_dir, items, items)
-    items = coco_items(c, out_dir) if c.dataset == 'coco' else folder_items(c, out_dir)
-    if describe_all(items, out_dir, c):
-        write_splits(out_dir, items, read_log(os.path.join(out_dir, 'build.jsonl')))
+    lock = hold(os.path.join(out_dir, 'build.lock'), out_dir, 'another build', 'build into another --out')
+    try:
+        if c.dataset == 'jsonl':
+            items = jsonl_records(c, out_dir)
+            return write_splits(out_dir, items, items)
+        items = coco_items(c, out_dir) if c.dataset == 'coco' else folder_items(c, out_dir)
+        if describe_all(items, out_dir, c):
+            write_splits(out_dir, items, read_log(os.path.join(out_dir, 'build.jsonl'), check=build_log))
+    finally:
+        let_go(lock)
 
 
 # -----------------------------------------------------------------------------
@@ -340,7 +430,7 @@ DEFAULTS = dict(
     n_test=25,              # held-out test images (the paper's 25)
     images='',              # folder: the folder of pictures
     path='',                # jsonl: the file of {"image", "short", "long"} records
-    coco_url='http://images.cocodataset.org',  # coco: where the annotations and images are downloaded from
+    coco_url='https://images.cocodataset.org',  # coco: where the annotations and images are downloaded from
     with_image=False,       # coco: send the picture along with its five captions
     **chat.FLAGS,           # the chat model that writes the descriptions (chat.py)
 )

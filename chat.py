@@ -5,7 +5,8 @@ grade.py (grading them): GPT-4o as in the paper, or a local open model.
 Calls to a paid API cost money and fail in many ways, so this file is about never paying twice and never losing
 what was paid for. In order:
   1. the flags both scripts take, declared once;
-  2. the endpoint: one request, retried with backoff that honours Retry-After; faults no retry can fix stop the run;
+  2. the endpoint: the key, read once; one request, read whole within a deadline and a size cap (fetch, which
+     build.py's downloads use too), retried with backoff that honours Retry-After; faults no retry can fix stop the run;
   3. replies: the JSON object in a reply, and a picture as part of a request;
   4. money: the price of a model, an estimate said before anything is sent, and a question before spending;
   5. many requests: a pool of workers that appends each result to a log the moment it arrives, so an interrupted
@@ -16,18 +17,22 @@ import datetime
 import email.utils
 import html
 import io
+import ipaddress
 import json
 import os
-import re
+import socket
+import string
 import sys
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import requests
+import urllib3
 
 from cli import UserError
-from data import append_jsonl, open_image
+from data import MAX_DEPTH, append_jsonl, loads, open_image, too_deep
 
 # -----------------------------------------------------------------------------
 # 1. The flags of every script that calls a chat model (build.py, grade.py add their own)
@@ -52,6 +57,112 @@ MINIMUM = {'workers': 1, 'max_attempts': 1, 'max_retries': 0, 'timeout': '>0'}  
 # (429, 5xx, timeouts, dropped connections) is retried with exponential backoff that honours Retry-After.
 
 BACKOFF = 1.0  # seconds before the first retry; doubled each time, at most a minute
+MAX_REPLY = 16 << 20  # bytes of a reply read at most (a Chat Completions reply is a few kB, an error page a few more)
+
+
+def api_key():
+    """OPENAI_API_KEY, read once, here: the space or line break around it (a .env file saved with Windows line
+    endings leaves a \\r) dropped. A key with a space or a control character inside is a UserError that does not
+    show it: sent on, it would end in an error message that does."""
+    key = os.environ.get('OPENAI_API_KEY', '').strip()
+    if not key.isascii() or any(ch.isspace() or not ch.isprintable() for ch in key):
+        raise UserError('OPENAI_API_KEY has a space, a line break or another character no key has inside it; set it '
+                        'to the key alone')
+    return key
+
+
+def is_local(url):
+    """Whether url's server is this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = urllib.parse.urlsplit(url).hostname or ''
+    try:
+        return host == 'localhost' or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TooLarge(requests.RequestException):
+    """A reply longer than the bytes allowed for it."""
+
+
+# The deadline of a request. requests' timeout bounds each wait for the next bytes, not the whole reply, so a server
+# that sends a byte a second would hold a request for ever. fetch starts a timer at the request; when it goes off it
+# shuts the request's socket down, which ends a read that is waiting at once. The connections below tell the timer
+# their socket (a new connection each request, made in the thread that asks).
+_request = threading.local()
+
+
+class _Told:
+    def connect(self):
+        super().connect()
+        watch = getattr(_request, 'watch', None)
+        if watch is not None:
+            watch['socket'] = self.sock
+            if watch['expired']:
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = type('_HTTPConnection', (_Told, urllib3.connection.HTTPConnection), {})
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = type('_HTTPSConnection', (_Told, urllib3.connection.HTTPSConnection), {})
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {'http': _HTTPPool, 'https': _HTTPSPool}
+
+
+def fetch(method, url, timeout, max_bytes=MAX_REPLY, write=None, stall=None, **kwargs):
+    """One HTTP request, its reply read whole within timeout seconds of the start however slowly the server sends
+    it, and at most max_bytes long (counted after decompression): the one reader of what comes from a server (a chat
+    reply, a download). Returns the requests.Response with its content read. write(response), called once the
+    headers are in, may return a function that takes each chunk of the body as it comes (a download into a file)
+    instead. stall: seconds to wait for the next bytes (default: timeout). Raises requests.Timeout when the deadline
+    passes, TooLarge over max_bytes, and requests' other errors for a connection that fails."""
+    watch = {'socket': None, 'expired': False}
+
+    def expire():
+        watch['expired'] = True
+        if watch['socket'] is not None:
+            try:
+                watch['socket'].shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+    timer = threading.Timer(timeout, expire)
+    _request.watch = watch
+    timer.start()
+    try:
+        with requests.Session() as session:
+            session.mount('http://', _Adapter())
+            session.mount('https://', _Adapter())
+            stall = stall or timeout
+            with session.request(method, url, stream=True, timeout=(min(10.0, stall), stall), **kwargs) as r:
+                if int(r.headers.get('Content-Length') or 0) > max_bytes:
+                    raise TooLarge(f'the reply is {int(r.headers["Content-Length"]):,} bytes, over the '
+                                   f'{max_bytes:,} allowed')
+                size, chunks = 0, []
+                to = (write and write(r)) or chunks.append
+                for chunk in r.iter_content(1 << 16):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise TooLarge(f'the reply is over the {max_bytes:,} bytes allowed')
+                    to(chunk)
+                    if watch['expired']:
+                        break
+                if watch['expired']:
+                    raise requests.Timeout
+                r._content = b''.join(chunks)  # where requests keeps a body it has read: r.content, r.text see it
+                return r
+    except requests.RequestException:
+        if watch['expired']:
+            raise requests.Timeout(f'no whole reply within {timeout:g}s') from None
+        raise
+    finally:
+        timer.cancel()
+        _request.watch = None
 
 
 class RequestFailed(Exception):
@@ -68,9 +179,12 @@ class ChatEndpoint:
     def __init__(self, base_url, model, timeout=60.0, max_retries=6):
         self.url = base_url.rstrip('/') + '/chat/completions'
         self.model, self.timeout, self.max_retries = model, timeout, max_retries
-        self.key = os.environ.get('OPENAI_API_KEY', '')
+        self.key = api_key()
         if not self.key and 'api.openai.com' in base_url:
             raise UserError('set OPENAI_API_KEY to your OpenAI API key, or point --base_url at a local server')
+        if self.key and urllib.parse.urlsplit(self.url).scheme == 'http' and not is_local(self.url):
+            print(f'warning: OPENAI_API_KEY goes to {urllib.parse.urlsplit(self.url).hostname} over plain HTTP, which '
+                  'anyone on the way can read; use an https:// --base_url', file=sys.stderr)
         self.stop = threading.Event()  # set to make every waiting request give up: Ctrl-C, or a fatal fault
         self.answered = False  # until the server has answered once, a request it turns down stops the run
 
@@ -91,15 +205,17 @@ class ChatEndpoint:
                 raise Stopped
             wait = min(60.0, BACKOFF * 2 ** attempt)
             try:
-                r = requests.post(self.url, json=body, headers=headers, timeout=(10, self.timeout))
+                r = fetch('POST', self.url, self.timeout, json=body, headers=headers)
             except requests.Timeout:
-                problem = f'no reply within {self.timeout:g}s'
-            except requests.ConnectionError as e:
+                problem = f'no whole reply within {self.timeout:g}s'
+            except TooLarge as e:
+                problem = str(e)
+            except requests.RequestException as e:  # its message is never shown: it may hold the request's headers
                 problem = f'cannot reach {self.url} ({type(e).__name__})'
             else:
                 if r.status_code == 200:
                     try:
-                        reply = r.json()
+                        reply = loads(r.content)
                         message = reply['choices'][0]['message']
                         used = reply.get('usage') or {}
                         usage = {k: int(used.get(k) or 0) for k in ('prompt_tokens', 'completion_tokens')}
@@ -140,8 +256,8 @@ class ChatEndpoint:
     def _fault(self, r):
         """What an HTTP error means, said in one line; raises for the faults a retry cannot fix."""
         try:
-            error = r.json().get('error') or {}
-            message, code = str(error.get('message', '')), str(error.get('code') or error.get('type') or '')
+            error = loads(r.content).get('error') or {}
+            message, code = str(error.get('message', ''))[:300], str(error.get('code') or error.get('type') or '')
         except (ValueError, AttributeError):
             message, code = page_summary(r.text), ''
         said = self.redact(f'HTTP {r.status_code}' + (f": {' '.join(message.split())}" if message.strip() else ''))
@@ -159,13 +275,19 @@ class ChatEndpoint:
         return said
 
 
+ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
 def page_summary(text):
     """An error body that is not JSON, in a few words for a one-line error: an HTML page's <title> (a proxy's
     "502 Bad Gateway"), 'an HTML error page' if it has none, else the start of the text."""
-    title = re.search(r'<title[^>]*>(.*?)</title>', text, re.I | re.S)
-    if title:
-        text = html.unescape(title.group(1))
-    elif re.search(r'<(!doctype|html|head|body)\b', text, re.I):
+    text = text[:4096]  # a title is near the top; a pattern run over all of a long page took seconds
+    head = text.translate(ASCII_LOWER)  # tags in any case, each character where it was
+    start = head.find('<title')
+    opened, end = head.find('>', start), head.find('</title>', start)
+    if start != -1 and start < opened < end:
+        text = html.unescape(text[opened + 1:end])
+    elif any(tag in head for tag in ('<!doctype', '<html', '<head', '<body')):
         return 'an HTML error page'
     text = ' '.join(text.split())
     return text if len(text) <= 100 else text[:100] + '...'
@@ -198,10 +320,15 @@ def parse_json_reply(text):
     while start != -1:
         try:
             obj, _ = decoder.raw_decode(text, start)
-            if isinstance(obj, dict):
-                return obj
+            deep = too_deep(obj)
         except json.JSONDecodeError:
-            pass
+            obj, deep = None, False
+        except RecursionError:  # the parser's own stack ran out
+            obj, deep = None, True
+        if deep:
+            raise ValueError(f'the reply is not the JSON object asked for: it is nested more than {MAX_DEPTH} deep')
+        if isinstance(obj, dict):
+            return obj
         start = text.find('{', start + 1)
     raise ValueError('the reply is not the JSON object asked for: there is no JSON object in it')
 

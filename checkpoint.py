@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 import data
-from cli import UserError, write_failed
+from cli import UserError, hold, write_failed
 from data import Tokenizer
 from model import NanoVLM, VLMConfig, global_sum
 
@@ -178,27 +178,6 @@ class StopRequest:
 
 
 def lock_out_dir(out_dir):
-    """Hold out_dir for this training run, so a second run into the same folder is refused rather than mixing its
-    log and checkpoint with this one's. The lock is the operating system's (flock), which it drops when the process
-    ends however it ends, kill -9 included: a killed run never leaves the folder locked. Keep the returned file open
-    for as long as the run goes on."""
-    f = open(os.path.join(out_dir, 'train.lock'), 'a+')
-    try:
-        if os.name == 'nt':
-            import msvcrt
-            f.seek(0)
-            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip()
-        f.close()
-        raise UserError(f'{out_dir} is in use by another training run{f" (process {holder})" if holder else ""}; '
-                        'wait for it to finish, or train into another --out_dir')
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    return f
+    """Hold out_dir for this training run (cli.hold), so a second run into the same folder is refused rather than
+    mixing its log and checkpoint with this one's. Keep the returned file open for as long as the run goes on."""
+    return hold(os.path.join(out_dir, 'train.lock'), out_dir, 'another training run', 'train into another --out_dir')

@@ -8,7 +8,9 @@ indented commands of its docstring) and every flag with its default and its comm
 
 A mistake the user can make (a flag, a path, a file) is a UserError, and run_cli prints it as one line; so is a
 write that fails (a full disk), said with what was kept (write_failed). The --device flag means the same
-everywhere (pick_device).
+everywhere (pick_device). Files are written the one safe way: a path read from data is kept inside its folder
+(inside), a file is replaced whole under a temporary name of this process's own (write_file, temporary), and two
+runs that would write the same place are kept apart by one lock (hold).
 """
 import contextlib
 import difflib
@@ -16,6 +18,7 @@ import errno
 import os
 import re
 import sys
+import uuid
 
 
 class UserError(Exception):
@@ -127,6 +130,85 @@ def write_failed(e, path, kept, partial=()):
     if disk_full(e):
         return UserError(f'the disk is full writing {path} (kept: {kept}); free some space and run again')
     return UserError(f'cannot write {path}: {e.strerror or e} (kept: {kept})')
+
+
+def inside(root, relative, what):
+    """root/relative, for a path read from data (a COCO annotation's file name): a UserError if it
+    would point outside root (an absolute path, a '..' that climbs out, a link that leads out), so data never
+    decides where a file is written."""
+    relative = str(relative)
+    path = os.path.normpath(os.path.join(root, relative))
+    base = os.path.realpath(root)
+    if os.path.isabs(relative) or '\0' in relative or \
+            os.path.commonpath([base, os.path.realpath(path)]) != base:
+        raise UserError(f'{what} {relative!r} points outside {root}; refused')
+    return path
+
+
+def temporary(path, suffix='.tmp'):
+    """A name beside path for a file written before it takes path's name; this process's own, so that two runs
+    writing the same file at once (two trainings preparing one dataset) never write into each other's."""
+    return f'{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}'
+
+
+def write_file(path, write, kept=None):
+    """Write path atomically: write(f) fills a text file beside it, which is on disk before it takes path's name, so a
+    crash or a full disk never leaves half a file where a whole one was, and a failed write leaves the file there as
+    it was. A file its owner made read-only is refused, not replaced. kept: what to say was kept if the write fails
+    (by default, the file as it was)."""
+    was = f'{path} as it was' if os.path.exists(path) else 'no half-written file'
+    if os.path.isfile(path) and not os.stat(path).st_mode & 0o222:
+        raise UserError(f'{path} is read-only, so it was not replaced (kept: {kept or was}); make it writable or give '
+                        'another file')
+    tmp = temporary(path)
+    try:
+        with open(tmp, 'w') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it takes the name: a full disk says so here, not after the rename
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_failed(e, path, kept or was, [tmp]) from None
+
+
+def hold(lock_path, place, what, instead):
+    """Hold lock_path for this run, so that a second run into the same place (a training's out_dir, a build's folder,
+    a grade cache, sample.py's --out) is refused in one line rather than mixing its files with this one's, or paying
+    again for what this one is paying for. place: what is held, as said to the user; what: 'another training run';
+    instead: what the user can do. The lock is the operating system's (flock), which it drops when the process ends
+    however it ends, kill -9 included: a killed run never leaves the place locked. Keep the returned file open for
+    as long as the run goes on (let_go ends it and removes the file)."""
+    f = open(lock_path, 'a+')
+    try:
+        if os.name == 'nt':
+            import msvcrt
+            f.seek(0)
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(lock_path).st_ino != os.fstat(f.fileno()).st_ino:  # the run before let go of it as we opened it
+            raise OSError
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise UserError(f'{place} is in use by {what}{f" (process {holder})" if holder else ""}; '
+                        f'wait for it to finish, or {instead}')
+    with contextlib.suppress(OSError):  # who holds it, for the message above; a full disk leaves it unsaid
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+    return f
+
+
+def let_go(lock):
+    """End a lock taken by hold, removing its file (a later run makes a fresh one)."""
+    with contextlib.suppress(OSError):
+        os.remove(lock.name)
+    with contextlib.suppress(OSError):  # the process id it could not write on a full disk is not written now either
+        lock.close()
 
 
 def disk_full(e):

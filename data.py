@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageOps
 
 import picturebook
-from cli import UserError, parse_flags, run_cli, write_failed
+from cli import UserError, parse_flags, run_cli, temporary, write_failed, write_file
 from picturebook import STYLES
 
 # Pillow refuses a picture over twice its pixel limit and reads one over the limit with a warning; open_image refuses
@@ -43,6 +43,33 @@ PICTUREBOOK_DIR = 'data/picturebook'  # where train.py draws the picture-book wo
 
 # -----------------------------------------------------------------------------
 # 1. The format: JSONL records and their pictures
+
+MAX_DEPTH = 64  # JSON nested deeper than this (a record, a reply) is refused: Python's parser would overflow its stack
+
+
+def loads(text):
+    """json.loads for text from outside (a file, a server, a model's reply): ValueError, never RecursionError, for
+    JSON nested more than MAX_DEPTH deep."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise ValueError(f'it is JSON nested too deeply (more than {MAX_DEPTH} levels)') from None
+    if too_deep(obj):
+        raise ValueError(f'it is JSON nested too deeply (more than {MAX_DEPTH} levels)')
+    return obj
+
+
+def too_deep(obj):
+    """Whether obj (parsed JSON) nests lists and objects more than MAX_DEPTH deep; without recursion."""
+    stack = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                return True
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return False
+
 
 def read_jsonl(path, unique_ids=False):
     """The records of a JSONL file: one JSON object a line, blank lines allowed, UTF-8 with or without a byte-order
@@ -69,9 +96,9 @@ def parse_jsonl(path, lines, unique_ids=False):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f'{path}:{n} is not valid JSON') from None
+            record = loads(line)
+        except ValueError as e:  # json.JSONDecodeError is one
+            raise UserError(f'{path}:{n} is not valid JSON' + (f': {e}' if 'deeply' in str(e) else '')) from None
         if not isinstance(record, dict):
             raise UserError(f'{path}:{n} is not a JSON object {{...}}; every line must be one record')
         if unique_ids and 'id' in record:
@@ -84,26 +111,19 @@ def parse_jsonl(path, lines, unique_ids=False):
 
 
 def write_jsonl(path, records, kept=None):
-    """Write all records to path atomically: a crash or a full disk never leaves half a file where a whole one was.
-    kept: what to say was kept if the write fails (by default, the file as it was)."""
-    tmp = path + '.tmp'
-    try:
-        with open(tmp, 'w') as f:
-            for r in records:
-                f.write(json.dumps(r) + '\n')
-            f.flush()
-            os.fsync(f.fileno())  # on disk before it takes the name: a full disk says so here, not after the rename
-        os.replace(tmp, path)
-    except OSError as e:
-        was = f'{path} as it was' if os.path.exists(path) else 'no half-written file'
-        raise write_failed(e, path, kept or was, [tmp]) from None
+    """Write all records to path atomically (write_file)."""
+    write_file(path, lambda f: f.writelines(json.dumps(r) + '\n' for r in records), kept)
 
 
 def append_jsonl(path, records, kept):
     """Append records to path as whole lines, on disk (fsync) before this returns, so a run stopped at any moment
     keeps everything appended before. A line a full disk cut short is taken back: the file always ends on a whole
     line. kept: what to say was kept if the write fails."""
-    lines = memoryview(''.join(json.dumps(r) + '\n' for r in records).encode())
+    text = ''.join(json.dumps(r) + '\n' for r in records)
+    with contextlib.suppress(OSError), open(path, 'rb') as f:
+        if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b'\n':
+            text = '\n' + text  # a file whose last record has no newline (read_log kept it): ours starts a line
+    lines = memoryview(text.encode())
     try:
         with open(path, 'ab', buffering=0) as f:  # unbuffered: nothing is left over to fail again on close
             start = f.tell()
@@ -118,16 +138,37 @@ def append_jsonl(path, records, kept):
         raise write_failed(e, path, kept) from None
 
 
-def read_log(path):
-    """The records of a log appended to as work is done (append_jsonl: chat.run_jobs, train.py). A line cut short by a killed run is removed, so that the next
-    append starts on a line of its own; a file that is not a JSONL log is refused before anything in it is touched."""
+def read_log(path, check=None):
+    """The records of a log appended to as work is done (append_jsonl: chat.run_jobs, sample.py, train.py), read and
+    checked whole before anything in it is touched: a file that is not a JSONL of objects, or whose records
+    check(records) refuses (a UserError), is refused as it is. A last line without a newline is kept when it is a
+    record; when it is the start of one (a line cut short by a killed run) it is removed, once the rest has passed, so
+    that the next append starts on a line of its own; when it is anything else, the file is refused as it is."""
     if not os.path.exists(path):
         return []
-    with open(path, 'rb') as f:
-        raw = f.read()
+    if not os.path.isfile(path):
+        raise UserError(f'{path} is not a file')
+    try:
+        with open(path, 'rb') as f:
+            raw = f.read()
+    except OSError as e:
+        raise UserError(f'cannot read {path}: {e.strerror or e}')
     whole = raw[:raw.rfind(b'\n') + 1]
-    records = parse_jsonl(path, whole.splitlines(keepends=True))
+    lines = whole.splitlines(keepends=True)
+    cut = b''
     if len(whole) < len(raw):
+        try:
+            parse_jsonl(path, [raw[len(whole):]])
+            lines.append(raw[len(whole):])  # a whole record, only without its newline
+        except UserError:
+            cut = raw[len(whole):]
+    records = parse_jsonl(path, lines)
+    if check:
+        check(records)
+    if cut:
+        if not cut.startswith(b'{"'):  # not the start of a record we write: the file is something else
+            raise UserError(f'{path} is not a JSONL file of records (its last line is neither a record nor the start '
+                            'of one); give another file')
         with open(path, 'r+b') as f:
             f.truncate(len(whole))
     return records
@@ -288,7 +329,7 @@ def prepare(data_dir, img_size, splits=('train', 'val')):
         for i, pair in enumerate(texts):
             for j, t in enumerate(pair):
                 tokens[i, j, :len(t)] = t
-        partial = [images_path + '.tmp.npy', tokens_path + '.tmp.npy']
+        partial = [temporary(images_path, '.tmp.npy'), temporary(tokens_path, '.tmp.npy')]
         try:
             # A picture at a time into a plain file, not a memory map: on a full disk a write says so, where a memory
             # map would kill the process with SIGBUS.
@@ -318,19 +359,13 @@ def vocabulary(data_dir):
     if os.path.exists(path):
         try:
             with open(path) as f:
-                return Tokenizer.from_state(json.load(f))
+                return Tokenizer.from_state(loads(f.read()))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f'{path} is damaged ({e}); delete it and the .npy files beside it, and run again to prepare '
                             'them again (a checkpoint made with the old vocabulary cannot resume on the new one)')
     train = read_jsonl(os.path.join(data_dir, 'train.jsonl'))
     tok = Tokenizer.fit(r[s] for r in train for s in STYLES if r.get(s))
-    try:
-        with open(path + '.tmp', 'w') as f:
-            json.dump(tok.state(), f)
-        os.replace(path + '.tmp', path)
-    except OSError as e:
-        raise write_failed(e, path, 'the dataset; the vocabulary is made again on the next run',
-                           [path + '.tmp']) from None
+    write_file(path, lambda f: json.dump(tok.state(), f), 'the dataset; the vocabulary is made again on the next run')
     return tok
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 import chat
 import data
-from cli import UserError, parse_flags, run_cli, write_failed
+from cli import UserError, hold, let_go, parse_flags, run_cli, write_file
 from picturebook import facts, true_of
 
 DEFAULTS = {
@@ -166,12 +166,25 @@ def grade_key(record, c):
 
 
 def cached_grades(path):
-    """key -> the latest successful grade in the cache (failed grades are asked again)."""
-    return {r['key']: r for r in data.read_log(path) if 'scores' in r}
+    """key -> the latest successful grade in the cache (failed grades are asked again). A file that is not a grade
+    cache is refused as it is."""
+    def grades(records):
+        if any(not isinstance(r.get('key'), str) or not isinstance(r.get('scores', {}), dict) for r in records):
+            raise UserError(f'{path} holds records that are not grades; give another --cache')
+    return {r['key']: r for r in data.read_log(path, check=grades) if 'scores' in r}
 
 
 def gpt(records, c):
-    """Grade every text that is not in the cache yet, then summarise each file's grades from the cache."""
+    """Grade every text that is not in the cache yet, then summarise each file's grades from the cache. One grading
+    at a time holds the cache: a second is refused, so nothing is paid for twice."""
+    lock = hold(c.cache + '.lock', c.cache, 'another grading', 'give it another --cache')
+    try:
+        return grade_all(records, c)
+    finally:
+        let_go(lock)
+
+
+def grade_all(records, c):
     cache = cached_grades(c.cache)
     keys = {path: [grade_key(r, c) for r in rs] for path, rs in records.items()}
     todo = {key: r for path, rs in records.items() for key, r in zip(keys[path], rs) if key not in cache}
@@ -372,12 +385,8 @@ def main(argv):
         results = {path: rouge(rs, indexes[train[path]]) for path, rs in records.items()}
     print(table(results))
     if c.json:
-        try:
-            with open(c.json, 'w') as f:
-                json.dump(results, f, indent=2)
-        except OSError as e:
-            raise write_failed(e, c.json, 'the table above' + (f', every grade in {c.cache}' if c.judge == 'gpt' else ''),
-                               [c.json]) from None
+        write_file(c.json, lambda f: json.dump(results, f, indent=2),
+                        'the table above' + (f', every grade in {c.cache}' if c.judge == 'gpt' else ''))
 
 
 if __name__ == '__main__':

@@ -368,7 +368,7 @@ def loss_series(log_path):
         for line in f:
             try:
                 r = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: a line nested too deeply to parse
                 continue
             if not isinstance(r, dict) or not isinstance(r.get('step'), (int, float)):
                 continue

@@ -29,7 +29,6 @@ from its own beginning (its "prompts", 6-7 words short, 18-20 long):
 
     python sample.py --out_dir=out-tiny --jsonl=data/picturebook/test.jsonl --task=complete --style=long --out=long.jsonl
 """
-import json
 import os
 from itertools import groupby
 
@@ -41,7 +40,7 @@ import grade
 import pictures
 import picturebook
 from checkpoint import load_checkpoint, model_from_checkpoint
-from cli import UserError, parse_flags, pick_device, run_cli
+from cli import UserError, hold, let_go, parse_flags, pick_device, run_cli
 from data import describe
 
 DEFAULTS = dict(
@@ -88,7 +87,11 @@ def main(argv):
     style = f['style'] if ckpt['config'].get('style_token', True) else None  # trained without: no style to pick
     opts = dict(style=style, temperature=f['temperature'], top_k=f['top_k'], max_new_tokens=f['max_new_tokens'])
     if f['jsonl']:
-        describe_file(model, tokenizer, f, opts)
+        lock = hold(f['out'] + '.lock', f['out'], 'another sample.py', 'give it another --out')
+        try:
+            describe_file(model, tokenizer, f, opts)
+        finally:
+            let_go(lock)
         if f['sheet']:
             made = made_before(f['out'])[:16]
             pictures.sample_sheet([data.load_image(m['image'], model.config.img_size) for m in made],
@@ -168,7 +171,7 @@ def describe_file(model, tokenizer, f, opts):
 def read_scene(text):
     """A picture-book scene from its JSON (as a record's "scene"), checked so that drawing it cannot fail."""
     try:
-        scene = json.loads(text)
+        scene = data.loads(text)
         ok = scene['sky'] in picturebook.SKIES and scene['ground'] in picturebook.GROUNDS and scene['objects'] and all(
             o['kind'] in picturebook.KINDS and o['color'] in picturebook.COLORS and o['size'] in picturebook.OBJECT_SIZES
             and o['where'] in picturebook.PLACES for o in scene['objects'])
@@ -182,11 +185,12 @@ def read_scene(text):
 
 
 def made_before(path):
-    """The descriptions an earlier run appended to path; a file of something else is refused, never appended to."""
-    made = data.read_log(path)
-    if any(not isinstance(m.get('text'), str) or 'style' not in m for m in made):
-        raise UserError(f'{path} holds records that are not descriptions by sample.py; give another --out')
-    return made
+    """The descriptions an earlier run appended to path; a file of something else is refused as it is, never
+    appended to."""
+    def descriptions(made):
+        if any(not isinstance(m.get('text'), str) or 'style' not in m for m in made):
+            raise UserError(f'{path} holds records that are not descriptions by sample.py; give another --out')
+    return data.read_log(path, check=descriptions)
 
 
 def key(description):

@@ -1,8 +1,9 @@
 """
 Real HTTP servers on 127.0.0.1 for the tests, each in a thread of the test process: COCO's file server (caption
-annotations and images, with HTTP ranges and dropped connections) and a Chat Completions endpoint that plays a
-script of replies and faults. The code under test talks to them exactly as it talks to images.cocodataset.org and
-api.openai.com.
+annotations and images, with HTTP ranges and dropped connections, and, hostile, file names that climb out of the
+dataset folder and a picture that is also a Python program) and a Chat Completions endpoint that plays a script of
+replies and faults (hostile ones too: a huge reply, one that trickles in, deep JSON, a long error page). The code
+under test talks to them exactly as it talks to images.cocodataset.org and api.openai.com.
 """
 import io
 import json
@@ -58,9 +59,19 @@ class _Quiet(BaseHTTPRequestHandler):
 # -----------------------------------------------------------------------------
 # COCO: /annotations/annotations_trainval2017.zip and /train2017/<file_name>
 
-def coco_files(n_images=16, n_few=3):
-    """The files of a small COCO: n_images images with five captions and n_few with only three (never picked)."""
+# An X11 bitmap (Pillow reads it as a 8x1 picture) that is also a Python program: saved as a .py file where Python
+# looks for modules, it runs on the next import.
+XBM_PYTHON = b'#define x_width 8\n#define x_height 1\nx = """static char x_bits[] = {\n0x00 };"""\nprint("this ran")\n'
+
+
+def coco_files(n_images=16, n_few=3, hostile=()):
+    """The files of a small COCO: n_images images with five captions and n_few with only three (never picked), then
+    one image with five captions for each file name in hostile, served as XBM_PYTHON."""
     images, annotations, files = [], [], {}
+    for k, name in enumerate(hostile, n_images + n_few + 1):
+        images.append({'id': k, 'file_name': name})
+        annotations += [{'id': 100 * k + j, 'image_id': k, 'caption': f'A cat number {k} sleeps. '} for j in range(5)]
+        files[f'/train2017/{name}'] = files[f'/train2017/{os.path.basename(name)}'] = XBM_PYTHON  # asked either way
     for i in range(1, n_images + n_few + 1):
         name = f'{i:012d}.jpg'
         images.append({'id': i, 'file_name': name, 'coco_url': f'http://images.cocodataset.org/train2017/{name}'})
@@ -153,6 +164,21 @@ class ChatHandler(_Quiet):
             return self.send(502, page, [('Content-Type', 'text/html')])
         if kind == 'broken':  # 200, but not a Chat Completions response
             return self.send(200, b'<html>gateway hiccup</html>')
+        if kind == 'big':  # a 200 with no length that goes on for arg bytes (or until the client hangs up)
+            return self.stream(b'{"choices": [{"message": {"content": "' + b' ' * (1 << 16), arg, 1 << 16)
+        if kind == 'trickle':  # the whole reply, status line first, one byte every arg seconds
+            reply = json.dumps({'choices': [{'message': {'role': 'assistant', 'content': descriptions()}}]}).encode()
+            head = f'HTTP/1.1 200 OK\r\nContent-Length: {len(reply)}\r\n\r\n'.encode()
+            self.close_connection = True
+            for i in range(len(head + reply)):
+                self.wfile.write((head + reply)[i:i + 1])
+                self.wfile.flush()
+                time.sleep(arg)
+            return
+        if kind == 'deep':  # a body nested arg deep
+            return self.send(200, b'[' * arg + b']' * arg, [('Content-Type', 'application/json')])
+        if kind == 'page':  # a 500 whose body is an HTML error page arg bytes long, all its tags left open
+            return self.send(500, (b'<html><title>' * (arg // 13 + 1))[:arg], [('Content-Type', 'text/html')])
         if kind == 'refusal':  # how structured outputs decline
             message = {'role': 'assistant', 'content': None, 'refusal': "I'm sorry, I can't help with that."}
             return self.send(200, json.dumps({'choices': [{'index': 0, 'message': message}]}).encode())
@@ -165,6 +191,19 @@ class ChatHandler(_Quiet):
                  'usage': {'prompt_tokens': 100, 'completion_tokens': 50, 'total_tokens': 150}}
         self.send(200, json.dumps(reply).encode(), [('Content-Type', 'application/json')])
 
+    def stream(self, chunk, total, size):
+        """A 200 without a length, chunk then spaces until total bytes are sent or the client hangs up."""
+        self.send_response(200)
+        self.send_header('Connection', 'close')
+        self.end_headers()
+        self.close_connection = True
+        try:
+            self.wfile.write(chunk)
+            for _ in range((total - len(chunk)) // size):
+                self.wfile.write(b' ' * size)
+        except OSError:
+            pass
+
     def error(self, status, message, code, headers=()):
         body = {'error': {'message': message, 'type': code, 'code': code}}
         self.send(status, json.dumps(body).encode(), [('Content-Type', 'application/json'), *headers])
@@ -173,7 +212,8 @@ class ChatHandler(_Quiet):
 def chat_server(key='sk-test-0123456789', script=(), delay=0.0):
     """A Chat Completions server that accepts `key`; each request takes the next step of `script` ('good',
     'fenced', 'prose', 'malformed', 'broken', 'refusal', 'long', ('429', seconds), 'quota', '400', '500', '503',
-    'html502', ('sleep', seconds), ('content', text)), then server.default ('good') once the script is spent."""
+    'html502', ('sleep', seconds), ('content', text), and the hostile ('big', bytes), ('trickle', seconds a byte),
+    ('deep', depth), ('page', bytes)), then server.default ('good') once the script is spent."""
     server = Server(ChatHandler)
     server.key, server.script, server.delay, server.default = key, list(script), delay, 'good'
     return server

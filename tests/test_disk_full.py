@@ -82,7 +82,7 @@ def test_sampling_stops_in_one_line_and_a_rerun_goes_on(disk, trained, run_scrip
     out = os.path.join(disk, 'samples.jsonl')
     args = ['sample.py', f'--out_dir={trained.out_dir}', f'--jsonl={trained.data_dir}/test.jsonl', f'--out={out}',
             '--batch_size=2', '--max_new_tokens=20', '--device=cpu']
-    filler = fill(disk, 4096)  # a page: some batches fit, not all 16 records
+    filler = fill(disk, 8192)  # a page for sample.py's lock file, a page for the samples: some batches fit, not all 16
     p = run_script(*args)
     assert p.returncode == 1 and p.stderr.count('\n') == 1 and 'Traceback' not in p.stderr, p.stderr
     kept = data.read_jsonl(out)  # whole lines only
@@ -117,14 +117,14 @@ def test_building_stops_in_one_line_and_a_rerun_pays_only_for_what_was_lost(disk
     out = os.path.join(disk, 'mine')
     argv = ['--dataset=folder', f'--images={photos}', '--n_test=2', f'--out={out}', f'--base_url={api.url}/v1',
             '--yes=true', '--workers=1']
-    filler = fill(disk, 4096)  # a page of build.jsonl: about six of the twelve records
+    filler = fill(disk, 8192)  # a page for build.lock, a page of build.jsonl: about six of the twelve records
     with pytest.raises(UserError) as e:
         build.main(argv)
     log = data.read_log(os.path.join(out, 'build.jsonl'))
     assert 0 < len(log) < 12 and len(api.log) == len(log) + 1
     assert str(e.value) == FULL.format(os.path.join(out, 'build.jsonl'), f'the {len(log)} results before it; this one '
                                        'was paid for but could not be written')
-    assert os.listdir(out) == ['build.jsonl']
+    assert os.listdir(out) == ['build.jsonl']  # build.lock is gone with the build
     os.remove(filler)
     build.main(argv)
     assert len(api.log) == 12 + 1  # only the one that was paid for but lost is asked again
@@ -139,7 +139,7 @@ def test_grading_stops_in_one_line_and_a_rerun_pays_only_for_what_was_lost(disk,
                                for i in range(60)])
     cache = os.path.join(disk, 'cache.jsonl')
     argv = [samples, '--judge=gpt', f'--base_url={api.url}/v1', f'--cache={cache}', '--yes=true', '--workers=1']
-    filler = fill(disk, 4096)  # a page of grades: about twenty of the sixty
+    filler = fill(disk, 8192)  # a page for the cache's lock file, a page of grades: about twenty of the sixty
     with pytest.raises(UserError) as e:
         grade.main(argv)
     graded = data.read_log(cache)
@@ -168,3 +168,18 @@ def test_a_download_stops_in_one_line_without_retrying(disk, api):
     finally:
         coco.close()
     assert sum(len(data.read_jsonl(os.path.join(out, f'{s}.jsonl'))) for s in ('train', 'val', 'test')) == 5
+
+
+def test_a_json_report_that_does_not_fit_leaves_the_last_one(disk, tmp_path, picturebook_dir):
+    samples = str(tmp_path / 's.jsonl')
+    test = data.read_jsonl(os.path.join(picturebook_dir, 'test.jsonl'))[:3]
+    data.write_jsonl(samples, [{'id': r['id'], 'text': r['short'], 'scene': r['scene']} for r in test])
+    target = os.path.join(disk, 'results.json')
+    with open(target, 'w') as f:
+        f.write('{"earlier": "results"}')
+    fill(disk, 0)
+    with pytest.raises(UserError, match=f'^the disk is full writing {target} .kept: the table above'):
+        grade.main([samples, '--judge=grounding', f'--json={target}'])
+    with open(target) as f:
+        assert f.read() == '{"earlier": "results"}'  # not deleted, not cut
+    assert sorted(os.listdir(disk)) == ['filler', 'results.json']

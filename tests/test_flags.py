@@ -188,9 +188,11 @@ def test_help_lists_every_flag_with_its_default_and_comment(run_main, script):
         assert lines[0] == 'usage:' and lines[1].strip().startswith(('python', 'torchrun')), p.stdout
         for key, value in defaults.items():
             shown = str(value).lower() if type(value) is bool else str(value)
-            line = next((line for line in lines if line.strip().startswith(f'--{key}={shown} ')), None)
-            assert line is not None, (key, p.stdout)  # a flag with no comment would be printed bare, no space after it
-            assert len(line.split(None, 1)) == 2, (key, line)
+            at = next((i for i, line in enumerate(lines) if line.strip().startswith(f'--{key}={shown} ') or
+                       line.strip() == f'--{key}={shown}'), None)
+            assert at is not None, (key, p.stdout)
+            line = lines[at] if lines[at].strip() != f'--{key}={shown}' else lines[at] + lines[at + 1]  # a long flag:
+            assert len(line.split(None, 1)) == 2, (key, line)  # its comment on the next line; none would leave it bare
 
 
 def test_help_from_the_command_line_exits_0(run_script):

@@ -8,7 +8,7 @@ How fast is it here? Times training, the wait for data, and generation for a pre
 Training: `warmup` untimed optimiser steps, then `steps` timed ones on the real prepared data, each split into the
 wait for its batch (slicing the memory-mapped arrays and copying to the device) and the step itself (train.py's own
 train_step: forward, backward, clipping, AdamW). The table shows medians. MFU is the model's FLOPs per step
-(model.flops_per_image) over the step's time, as a share of the peak (train.peak_flops: on a CPU, the best
+(model.flops_per_image) over the step's time, as a share of the peak (machine.peak_flops: on a CPU, the best
 1024x1024 matmul in the same dtype, measured at start-up).
 
 Generation: descriptions per second for `gen_images` images at once, greedy, with the KV cache and without it, in
@@ -27,12 +27,13 @@ import torch
 
 import data
 import train
+from machine import keep_freed_memory, peak_flops, precision
 from cli import UserError, parse_flags, pick_device, run_cli
 from data import Split
 from model import NanoVLM, config_from
 
-RUN_ONLY = ('out_dir', 'init_from', 'max_iters', 'min_lr', 'warmup_iters', 'eval_interval', 'eval_iters',
-            'log_interval', 'n_samples', 'sheet', 'eval_scenes', 'target_grounding')  # train.py flags about a whole run, which a benchmark has no use for
+RUN_ONLY = ('out_dir', 'init_from', 'max_iters', 'min_lr', 'warmup_iters', 'eval_interval', 'eval_iters', 'log_interval',
+            'n_samples', 'sheet', 'eval_scenes', 'target_grounding')  # train.py's flags about a whole run: no use here
 DEFAULTS = dict(
     {k: v for k, v in train.DEFAULTS.items() if k not in RUN_ONLY},
     steps=20,        # timed training steps
@@ -102,14 +103,14 @@ def main(argv):
             raise UserError(f'{arg.split("=")[0]} is a train.py flag about a whole run; bench.py times --steps steps')
     c = SimpleNamespace(**parse_flags(DEFAULTS, argv, train.PRESETS, MINIMUM, __doc__, ['bench', 'train', 'model']))
     device = pick_device(c.device)
-    train.keep_freed_memory(device)
-    dtype, ctx = train.precision(device, c.dtype)
+    keep_freed_memory(device)
+    dtype, ctx = precision(device, c.dtype)
     torch.manual_seed(c.seed)
     tokenizer = data.ensure_dataset(c.data_dir, c.img_size)
     splits = {'train': Split(c.data_dir, 'train', c.img_size)}
     c.block_size = max(c.block_size, splits['train'].tokens.shape[2])
     model = NanoVLM(config_from({**vars(c), 'vocab_size': len(tokenizer)})).to(device)
-    peak, peak_source = train.peak_flops(device, dtype, c.peak_flops)
+    peak, peak_source = peak_flops(device, dtype, c.peak_flops)
 
     t = bench_training(model, splits, c, device, ctx, peak)
     model.eval()

@@ -102,7 +102,7 @@ def model_from_checkpoint(ckpt):
 # interrupted run would have taken; and a polite stop that saves first.
 
 CHANGEABLE_ON_RESUME = ('max_iters', 'eval_interval', 'eval_iters', 'log_interval', 'n_samples', 'sheet', 'eval_scenes',
-                        'target_grounding', 'device', 'dtype', 'compile', 'peak_flops')  # flags that may differ from the checkpoint's: they change no step
+                        'target_grounding', 'device', 'dtype', 'compile', 'peak_flops')  # they change no step
 
 
 def resume_settings(c, saved, given):

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-import train
+import machine
 from conftest import ROOT, TINY
 
 
@@ -31,15 +31,15 @@ def test_bench_flag_errors(run_script):
 
 def test_peak_flops():
     cpu = torch.device('cpu')
-    assert train.peak_flops(cpu, 'float32', 5e12) == (5e12, 'given by --peak_flops')
-    flops, source = train.peak_flops(cpu, 'float32')
+    assert machine.peak_flops(cpu, 'float32', 5e12) == (5e12, 'given by --peak_flops')
+    flops, source = machine.peak_flops(cpu, 'float32')
     assert 1e9 < flops < 1e14 and source == 'measured: 1024x1024 float32 matmul on cpu'
 
 
 FAULTS = """
-import resource, sys, torch, train
+import resource, sys, torch, machine
 if sys.argv[1] == 'keep':
-    train.keep_freed_memory(torch.device('cpu'))
+    machine.keep_freed_memory(torch.device('cpu'))
 counts = []
 for _ in range(16):  # a 64 MiB activation, allocated and freed as a step would
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -52,7 +52,7 @@ print(sum(counts[8:]))  # the heap takes up to 6 rounds to grow to its working s
 
 @pytest.mark.skipif(not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc', reason='glibc only')
 def test_freed_memory_stays_in_the_process():
-    """train.keep_freed_memory: once warm, allocating again what was freed costs no page faults (16,384 pages each
+    """machine.keep_freed_memory: once warm, allocating again what was freed costs no page faults (16,384 pages each
     time without it)."""
     def faults(mode):
         p = subprocess.run([sys.executable, '-c', FAULTS, mode], cwd=ROOT, capture_output=True, text=True, timeout=120)

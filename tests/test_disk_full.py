@@ -48,10 +48,10 @@ def test_checkpoint_save_keeps_the_last_good_one(disk, tiny):
     model = NanoVLM(tiny())
     optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), 'cpu')
     tokenizer, path = data.Tokenizer([]), os.path.join(disk, 'ckpt.pt')
-    checkpoint.save_checkpoint(path, model, optimizer, tokenizer, 300, 2.5, {})
+    checkpoint.save_checkpoint(path, model, optimizer, tokenizer, 300, {})
     fill(disk, 8192)
     with pytest.raises(UserError) as e:
-        checkpoint.save_checkpoint(path, model, optimizer, tokenizer, 400, 2.0, {})
+        checkpoint.save_checkpoint(path, model, optimizer, tokenizer, 400, {})
     assert str(e.value) == FULL.format(path, 'the last good checkpoint, step 300')
     assert sorted(os.listdir(disk)) == ['ckpt.pt', 'filler']  # no ckpt.pt.tmp
     assert checkpoint.load_checkpoint(path)['step'] == 300

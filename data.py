@@ -119,7 +119,7 @@ def append_jsonl(path, records, kept):
 
 
 def read_log(path):
-    """The records of a log appended to as work is done (append_jsonl: chat.run_jobs, train.py). A line cut short by a killed run is removed, so that the next
+    """The records of a log appended to as work is done (append_jsonl: chat.run_jobs, sample.py, train.py). A line cut short by a killed run is removed, so that the next
     append starts on a line of its own; a file that is not a JSONL log is refused before anything in it is touched."""
     if not os.path.exists(path):
         return []

@@ -218,7 +218,7 @@ def disk_full(e):
 
 def pick_device(name):
     """The --device flag: 'auto' is the best device here (cuda, then mps, then cpu), else the one named."""
-    import torch  # here, so that the scripts without a model (grading, building) start without loading torch
+    import torch  # here: only --device needs torch, and cli.py is the bottom layer, which imports nothing heavy
     if name == 'auto':
         name = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
     try:

@@ -404,7 +404,7 @@ def ensure_dataset(data_dir, img_size):
 # 5. Batches: prepared arrays, sliced without decoding a single image
 
 class Split:
-    """One split's images (N, S, S, 3) uint8 and texts (N, 2, T), memory-mapped."""
+    """One split's images (N, S, S, 3) uint8, memory-mapped, and texts (N, 2, T) uint16, loaded whole."""
 
     def __init__(self, data_dir, split, img_size, style_token=True):
         self.style_token = style_token  # False: every text starts with <|endoftext|> instead, whatever its style

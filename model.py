@@ -14,9 +14,9 @@ beginning of the sequence. The loss is next-token cross-entropy on the text alon
       -> decoder input = [visual prefix ; text embeddings] + positions   (B, P+T, C)
       -> causal pre-LN blocks, LayerNorm, linear head over the vocabulary (B, T, V)
 
-Departures from the paper, each measured on the picture-book world (greedy short descriptions of 200 test scenes,
-grounding precision P and recall R from grade.py; tiny, 800 steps, unless it says otherwise; EXERCISES.md has the
-commands):
+Departures from the paper, all but the ReLU measured on the picture-book world (greedy short descriptions of 200
+test scenes, grounding precision P and recall R from grade.py; tiny, 800 steps, unless it says otherwise;
+EXERCISES.md has the commands):
   - The connector ends in a parameter-free BatchNorm (Connector). Without it the decoder treats the visual tokens
     as a constant prefix and never learns to look: P 0.056, R 0.068, against P 0.891, R 0.910 with it.
   - A ReLU between the two patch convolutions (PatchEmbed; the paper does not say), so that they are not one
@@ -64,7 +64,7 @@ class VLMConfig:
 
 # Presets: the paper's Table 1 (mini, base, large; 224 px, 16 px patches, dropout 0.1) and ours for a CPU.
 # 'tiny' sees 64 px pictures in 8 px patches and hands all 65 visual tokens to the decoder, which learns to name
-# what is where far faster than through the single CLS token (measured: README, "Why the connector ...").
+# what is where far faster than through the single CLS token (measured: README, "The paper's sizes, and why ...").
 SIZES = {
     'tiny': dict(img_size=64, patch_size=8, enc_layer=2, enc_embd=128, enc_head=4, n_layer=4, n_head=4, n_embd=128,
                  visual_tokens='all', dropout=0.0),
@@ -390,9 +390,10 @@ class NanoVLM(nn.Module):
         self.train(training)
 
     def configure_optimizer(self, weight_decay, learning_rate, betas, device_type, enc_lr_scale=1.0):
-        """AdamW; matrices and embeddings decay, biases, norms, CLS and positions do not. With enc_lr_scale != 1 the
-        encoder's matrices (weights and convolution kernels) are a group of their own, whose 'lr_scale' train.py
-        multiplies the scheduled rate by; its vectors (positions, CLS, biases, norms) keep the full rate, as in muP:
+        """AdamW; matrices and embeddings decay (the decoder's position table wpe too), biases, norms and the encoder's
+        CLS and positions do not. With enc_lr_scale != 1 the encoder's matrices (weights and convolution kernels) are
+        a group of their own, whose 'lr_scale' train.py multiplies the scheduled rate by; its vectors (positions, CLS,
+        biases, norms) keep the full rate, as in muP:
         a step of a matrix moves its output in proportion to the inputs it sums (mostly the encoder's width; the
         first convolution, which sums 3 x k1 x k1 pixels, is scaled with the rest, unmeasured), a vector's does not.
         Fused into one kernel on CUDA, and on a CPU where PyTorch has it (2.4 and later: the optimiser's share of a

@@ -7,19 +7,26 @@ Train a NanoVLM to describe pictures.
     torchrun --standalone --nproc_per_node=8 train.py --size=base --data_dir=data/coco   # DDP, one node
 
 Every value below is a default; `--key=value` overrides it (its type is checked) and `--size=NAME` first applies a
-preset: the model fields of model.SIZES[NAME] and the run settings of RUNS[NAME]. Each step trains on one batch of
-images with their short or their long descriptions, styles taking turns; the decoder learns which one to write from
+preset: the model fields of model.SIZES[NAME] and the run settings of RUNS[NAME]. Each step (each micro-step, with
+--grad_accum) trains on one batch of images with their short or their long descriptions, styles taking turns; the decoder learns which one to write from
 the style token that starts the text (see data.py). Every eval_interval steps the run measures validation loss and
 the image gain (how much worse that loss is with the pictures shuffled: 0 for a model that does not look), prints
 a few descriptions of validation images so you can watch the model learn, and saves out_dir/ckpt.pt. Every
-log_interval steps it prints (and appends to out_dir/train_log.jsonl) the loss, the time a step takes and the MFU:
-the share of the hardware's peak FLOP/s that the model's own arithmetic (model.flops_per_image) achieves.
+log_interval steps it prints (and appends to out_dir/train_log.jsonl) each style's loss, the time a step takes and
+the MFU: the share of the hardware's peak FLOP/s that the model's own arithmetic (model.flops_per_image) achieves.
+
+Ctrl-C (or SIGTERM) stops the run after the step it is taking and saves there, after that step's evaluation if one
+is due. --init_from=resume goes on from out_dir/ckpt.pt with the checkpoint's settings and random states, and takes
+exactly the steps, and logs exactly the losses, of a run never stopped. Only the flags typed on the command line
+count (--size=NAME as itself, not its preset's values): those that change no step (more steps, another device,
+other logging) may differ, any other that contradicts the checkpoint is refused. (checkpoint.py does the resuming.)
 
 Under torchrun the same script trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs): every process
 reads its own share of each global batch (batch_size images per process and micro-step), gradients are averaged
 once per step (not per micro-step), and only the first process logs and saves. The loss is normalised by the
 target tokens of the whole global batch, and the connector's BatchNorm uses global-batch statistics, so N
-processes take exactly the steps one process would take on the union of their batches (a test checks it).
+processes take exactly the steps one process would take on the union of their batches (a test checks it). A
+checkpoint saved by another number of processes resumes too, and the run says that it is no longer exact.
 """
 import math
 import os

@@ -1,8 +1,8 @@
 """
 Damaged files and unusual input, each refused in one line that says what happened and what to do, never loaded as
-if whole: checkpoints (checksums, NaN weights), prepared arrays, vocab.json, JSONL files (a byte-order mark,
-another encoding, a line that is not an object, repeated ids), a prompt longer than the model reads, an HTML error
-page from the API, and sample.py's output (never its own input, resumed after a kill).
+if whole: checkpoints (checksums, NaN weights, a pickle that would run code), prepared arrays, vocab.json, JSONL
+files (a byte-order mark, another encoding, a line that is not an object, repeated ids), a prompt longer than the
+model reads, an HTML error page from the API, and sample.py's output (never its own input, resumed after a kill).
 """
 import json
 import os

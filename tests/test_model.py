@@ -369,7 +369,8 @@ def test_loss_falls_on_a_fixed_batch(tiny):
 
 
 def test_optimizer_groups(tiny):
-    """Every parameter is optimised exactly once; matrices decay, biases, norms, CLS and positions do not."""
+    """Every parameter is optimised exactly once; matrices decay (wte and wpe too), biases, norms and the encoder's
+    CLS and positions do not."""
     m = make_model(tiny())
     opt = m.configure_optimizer(0.1, 1e-3, (0.9, 0.99), 'cpu')
     decay, no_decay = opt.param_groups

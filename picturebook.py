@@ -494,11 +494,7 @@ def true_of(fact, scene):
 
 
 def grounding_counts(text, scene):
-    """What the grounding judge counts in one text (grade.py pools them; the sample sheet and the live page show
-    them): the facts it states, how many of them the scene bears out, the picture's objects (distinct colour and
-    kind) and how many of those it names. Precision alone misses a text that names one object of four, however
-    often."""
-    said = facts(text)
-    there = {(o['color'], o['kind']) for o in scene['objects']}
-    return {'stated': len(said), 'true': sum(true_of(f, scene) for f in said),
-            'objects': len(there), 'named': len(there & {f[1:] for f in said if f[0] == 'object'})}
+    """The grounding judge on one text: facts stated, those true, the picture's objects, those named (grade.py)."""
+    said, there = facts(text), {(o['color'], o['kind']) for o in scene['objects']}
+    return {'stated': len(said), 'true': sum(true_of(f, scene) for f in said), 'objects': len(there),
+            'named': len(there & {f[1:] for f in said if f[0] == 'object'})}

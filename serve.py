@@ -353,7 +353,7 @@ class LiveServer(ThreadingHTTPServer):
 def main(argv):
     f = parse_flags(DEFAULTS, argv, minimum={'port': 0}, doc=__doc__, sources=['serve'])
     try:
-        server = LiveServer(f['host'], f['port'], quiet=f['quiet'])
+        server = LiveServer(f['host'], f['port'], root=ROOT, quiet=f['quiet'])
     except OSError as e:
         raise UserError(f"cannot listen on {f['host']}:{f['port']} ({e.strerror}); give another --port") from None
     host, port = server.server_address[:2]

@@ -222,3 +222,26 @@ def test_twenty_clients_at_once_each_get_their_own_description(live):
         image = np.asarray(picturebook.draw_scene(scene, model.config.img_size))
         alone = data.describe(model, tokenizer, image[None], prompt=prompts[i], temperature=0, max_new_tokens=12)[0]
         assert texts[i] == alone, (i, texts[i], alone)
+
+
+def test_without_a_checkpoint_page_and_terminal_say_how_to_train_one(tmp_path, monkeypatch, capsys):
+    server = serve.LiveServer('127.0.0.1', 0, root=str(tmp_path), quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert request(server, 'GET', '/api/setup')[1]['hint'] == serve.TRAIN_HINT
+        status, reply = request(server, 'POST', '/api/describe', {'checkpoint': 'out-tiny', 'scene': SCENE})
+        assert status == 404 and 'python train.py --size=tiny' in reply['error']
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    def ctrl_c(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(serve, 'ROOT', str(tmp_path))
+    monkeypatch.setattr(serve.LiveServer, 'serve_forever', ctrl_c)
+    for host, warned in (('127.0.0.1', False), ('0.0.0.0', True)):
+        with pytest.raises(KeyboardInterrupt):
+            serve.main([f'--host={host}', '--port=0'])
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].startswith('nanovlms live page: http://') and out[-1] == serve.TRAIN_HINT, out
+        assert any('warning: ' in line and 'anyone' in line for line in out) == warned, out

@@ -5,6 +5,7 @@ library and one page (serve.html: no script, font or style from the internet).
 
     python serve.py                            # http://127.0.0.1:8000/ with the checkpoints of this folder's out*/
     python serve.py --port=8080 --host=0.0.0.0    # a classroom network: anyone on it can use the page
+    python serve.py --measure=20               # how fast: one client, 20 at once, and sample.py's batch
 
 The page asks, the server answers, in JSON over plain HTTP:
     GET  /                 the page
@@ -50,6 +51,8 @@ DEFAULTS = dict(
     host='127.0.0.1',       # 127.0.0.1: this computer only; 0.0.0.0: every network it is on (a classroom)
     port=8000,              # 0: any free port
     quiet=False,            # do not print a line per request
+    measure=0,              # N > 0: do not serve; time N clients describing at once over HTTP (README, "Measured")
+    checkpoint='out-tiny',  # with --measure: the checkpoint folder timed
 )
 ROOT = os.path.dirname(os.path.abspath(__file__))  # checkpoints are the out*/ folders here
 PAGE = os.path.join(ROOT, 'serve.html')
@@ -350,8 +353,65 @@ class LiveServer(ThreadingHTTPServer):
         self.stats, self.stats_lock = {'described': 0, 'stopped': 0}, threading.Lock()
 
 
+def measure(name, n):
+    """Time the server on 127.0.0.1 with checkpoint name: one client alone, then n at once (each a different test
+    scene, greedy), each text checked against describing its picture alone; and data.describe on the n pictures
+    in one batch, the way sample.py describes a dataset. Prints what it measured."""
+    import http.client
+    server = LiveServer('127.0.0.1', 0, root=ROOT, quiet=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    m = server.models.get(name)
+    scenes = [scene for _, _, scene, _, _ in picturebook.pages([('test', n)])]
+
+    def client(scene, out):  # out: [seconds to the first words, seconds to done, text, tokens]
+        began = time.perf_counter()
+        c = http.client.HTTPConnection('127.0.0.1', server.server_address[1], timeout=600)
+        c.request('POST', '/api/describe', json.dumps({'checkpoint': name, 'scene': scene, 'temperature': 0}))
+        for line in c.getresponse():
+            if line.startswith(b'event: words') and not out:
+                out.append(time.perf_counter() - began)
+            elif line.startswith(b'data: ') and b'"attention"' in line:
+                done = json.loads(line[6:])
+                out += [time.perf_counter() - began, done['text'], done['tokens']]
+        c.close()
+    alone = [[] for _ in range(5)]
+    for out in alone:
+        client(scenes[0], out)
+    crowd = [[] for _ in scenes]
+    threads = [threading.Thread(target=client, args=(scene, out)) for scene, out in zip(scenes, crowd)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    crowd_s = time.perf_counter() - began
+    images = np.stack([np.asarray(picturebook.draw_scene(s, m.model.config.img_size)) for s in scenes])
+    style = 'short' if m.style_token else None
+    truth = [data.describe(m.model, m.tokenizer, im[None], style, temperature=0)[0] for im in images]
+    began = time.perf_counter()
+    batch = data.describe(m.model, m.tokenizer, images, style, temperature=0)
+    batch_s = time.perf_counter() - began
+    server.shutdown()
+    right = sum(len(out) == 4 and out[2] == t for out, t in zip(crowd, truth))
+    tokens = sum(out[3] for out in crowd if len(out) == 4)  # the words' tokens each description wrote
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    print(f'{name} (step {m.step}), greedy short descriptions of picture-book test scenes, {torch.get_num_threads()} '
+          f'torch threads')
+    print(f'one client alone: first word after {1000 * median([o[0] for o in alone]):.0f} ms, the whole '
+          f'description after {1000 * median([o[1] for o in alone]):.0f} ms (median of 5)')
+    print(f'{n} clients at once: first word after {1000 * median([o[0] for o in crowd if o]):.0f} ms (median), '
+          f'{1000 * max(o[0] for o in crowd if o):.0f} ms (last); {right} of {n} descriptions complete and the same as '
+          f'describing each picture alone; {n} in {crowd_s:.2f} s: {n / crowd_s:.1f} descriptions/s, '
+          f'{tokens / crowd_s:.0f} tokens/s')
+    print(f"sample.py's batch (data.describe on the {n} pictures at once): {batch_s:.2f} s: {n / batch_s:.1f} "
+          f'descriptions/s, {tokens / batch_s:.0f} tokens/s; the same texts: '
+          f'{sum(b == t for b, t in zip(batch, truth))} of {n}')
+
+
 def main(argv):
-    f = parse_flags(DEFAULTS, argv, minimum={'port': 0}, doc=__doc__, sources=['serve'])
+    f = parse_flags(DEFAULTS, argv, minimum={'port': 0, 'measure': 0}, doc=__doc__, sources=['serve'])
+    if f['measure']:
+        return measure(f['checkpoint'], f['measure'])
     try:
         server = LiveServer(f['host'], f['port'], root=ROOT, quiet=f['quiet'])
     except OSError as e:

@@ -21,8 +21,8 @@ folders holding a ckpt.pt are ever read (no other file is read or served); bodie
 with a timeout; scenes are checked against the picture-book vocabulary and uploads by data.open_image (damaged,
 truncated, decompression bombs); a prompt longer than the model reads is refused. Each is a 4xx with one line
 saying what is wrong, and the server goes on. Each checkpoint is loaded once and shared by every client; its
-clients take turns at it (a lock), so none waits for another model and none is mixed up with another; a client
-that goes away mid-description stops its generation at the next token.
+clients take turns at it token by token, so none waits for another's whole description, none for another model,
+and none is mixed up with another; a client that goes away mid-description stops its generation at the next token.
 """
 import base64
 import binascii
@@ -77,12 +77,35 @@ class ClientLeft(Exception):
     """The client closed its connection: stop working for it."""
 
 
+class Turns:
+    """A lock its waiters get in the order they asked for it (threading.Lock promises no order). A client holding
+    the model passes its turn after every token, so clients describing at once take turns token by token: each sees
+    its first word after one token of each client before it, not after their whole descriptions."""
+
+    def __init__(self):
+        self.changed, self.tickets, self.serving = threading.Condition(), 0, 0
+
+    def __enter__(self):
+        with self.changed:
+            ticket, self.tickets = self.tickets, self.tickets + 1
+            self.changed.wait_for(lambda: self.serving == ticket)
+
+    def __exit__(self, *exc):
+        with self.changed:
+            self.serving += 1
+            self.changed.notify_all()
+
+    def pass_turn(self):
+        self.__exit__()
+        self.__enter__()
+
+
 # -----------------------------------------------------------------------------
 # Checkpoints: named by folder, loaded once, shared
 
 class Models:
     """The checkpoints of root's out*/ folders, each loaded on first use and shared by every client (loaded again
-    when its ckpt.pt changes: a run still training saves newer ones). Each has a lock, so its clients take turns."""
+    when its ckpt.pt changes: a run still training saves newer ones). Its clients take turns at it (Turns)."""
 
     def __init__(self, root):
         self.root, self.loaded, self.lock = os.path.realpath(root), OrderedDict(), threading.Lock()
@@ -110,7 +133,7 @@ class Models:
             if m is None or m.stamp != stamp:
                 ckpt = load_checkpoint(path)
                 model, tokenizer = model_from_checkpoint(ckpt)
-                m = SimpleNamespace(name=name, model=model, tokenizer=tokenizer, stamp=stamp, lock=threading.Lock(),
+                m = SimpleNamespace(name=name, model=model, tokenizer=tokenizer, stamp=stamp, turns=Turns(),
                                     step=ckpt.get('step'), style_token=ckpt.get('config', {}).get('style_token', True))
                 self.loaded[name] = m
                 while len(self.loaded) > KEEP_MODELS:
@@ -319,12 +342,12 @@ class Handler(BaseHTTPRequestHandler):
                 ids.append(int(nxt[0]))
                 words, _ = marked_words(tokenizer, ids, scene)
                 self.event('words', {'words': words})
+            m.turns.pass_turn()  # the next client's token, then this one's again
         began = time.perf_counter()
         try:
-            with m.lock:  # this model's clients take turns
+            with m.turns:  # this model's clients take turns, token by token
                 if client_gone(self.connection):
                     raise ClientLeft
-                torch.manual_seed(int.from_bytes(os.urandom(4), 'little'))
                 text = data.describe(m.model, tokenizer, image[None], on_token=on_token, **opts)[0]
                 _, labels, maps, shares, about = pictures.attention_maps(m.model, tokenizer, image, ids, style)
         except (ClientLeft, ConnectionError):

@@ -238,6 +238,7 @@ class Handler(BaseHTTPRequestHandler):
         return routes[path](*args)
 
     def answer(self, work):
+        self.streaming = False  # True once a stream of events has begun: an error is then an event of it
         try:
             work()
         except Refused as e:
@@ -275,14 +276,16 @@ class Handler(BaseHTTPRequestHandler):
         return body
 
     def send_json(self, payload, status=200):
-        raw = json.dumps(payload).encode()
         try:
+            if self.streaming:
+                return self.event('error', payload)
+            raw = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header('Content-Type', 'application/json')
             self.send_header('Content-Length', str(len(raw)))
             self.end_headers()
             self.wfile.write(raw)
-        except (ConnectionError, socket.timeout):
+        except (ClientLeft, ConnectionError, socket.timeout):
             self.close_connection = True
 
     def log_message(self, fmt, *args):
@@ -330,7 +333,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header('Content-Type', 'text/event-stream')
         self.send_header('Cache-Control', 'no-store')
         self.end_headers()
-        self.close_connection = True  # HTTP/1.0: the stream ends when the connection does
+        self.close_connection, self.streaming = True, True  # HTTP/1.0: the stream ends when the connection does
         self.event('picture', {'png': png_url(image), 'checkpoint': m.name, 'step': m.step, 'img_size': cfg.img_size,
                                'visual_tokens': cfg.visual_tokens})
         ids = start[1:]
@@ -364,7 +367,10 @@ class Handler(BaseHTTPRequestHandler):
             self.server.stats['described'] += 1
 
     def event(self, name, payload):
-        self.wfile.write(f'event: {name}\ndata: {json.dumps(payload)}\n\n'.encode())
+        try:
+            self.wfile.write(f'event: {name}\ndata: {json.dumps(payload)}\n\n'.encode())
+        except socket.timeout:  # a client that reads nothing for READ_TIMEOUT s is taken to have left
+            raise ClientLeft from None
 
 
 class LiveServer(ThreadingHTTPServer):
@@ -415,6 +421,7 @@ def measure(name, n):
     batch = data.describe(m.model, m.tokenizer, images, style, temperature=0)
     batch_s = time.perf_counter() - began
     server.shutdown()
+    server.server_close()
     right = sum(len(out) == 4 and out[2] == t for out, t in zip(crowd, truth))
     tokens = sum(out[3] for out in crowd if len(out) == 4)  # the words' tokens each description wrote
     median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731

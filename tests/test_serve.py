@@ -245,3 +245,14 @@ def test_without_a_checkpoint_page_and_terminal_say_how_to_train_one(tmp_path, m
         out = capsys.readouterr().out.splitlines()
         assert out[0].startswith('nanovlms live page: http://') and out[-1] == serve.TRAIN_HINT, out
         assert any('warning: ' in line and 'anyone' in line for line in out) == warned, out
+
+
+def test_a_failure_mid_stream_ends_it_with_an_error_event(live, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError('a bug')
+    monkeypatch.setattr(serve.pictures, 'attention_maps', broken)
+    status, text = request(live[0], 'POST', '/api/describe', {'checkpoint': 'out-a', 'scene': SCENE, 'max_new_tokens': 3})
+    assert status == 200 and events(text)[-1] == ('error', {'error': 'the server failed: RuntimeError'})
+    monkeypatch.undo()
+    assert events(request(live[0], 'POST', '/api/describe', {'checkpoint': 'out-a', 'scene': SCENE,
+                                                             'max_new_tokens': 3})[1])[-1][0] == 'done'

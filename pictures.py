@@ -11,7 +11,8 @@ Pictures of what the model sees and writes, drawn with Pillow alone (no plotting
     pictures.attention_picture(model, tokenizer, image, None, 'out-tiny/attention.png')  # None: describe it first
     pictures.loss_curves('out-tiny/train_log.jsonl', 'out-tiny/loss.png')
 
-Every function writes one PNG and returns what it drew (counts, heatmaps, series), so tests can check the numbers.
+Every function writes one PNG and returns what it drew (counts, heatmaps, series), so tests can check the numbers;
+attention_maps gives the attention's numbers alone (serve.py's live page draws them in the browser).
 """
 import json
 import math

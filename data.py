@@ -182,11 +182,13 @@ def add_beginnings(record):
                                  for s in STYLES if record.get(s)}}
 
 
-def open_image(path):
+def open_image(path, name=None):
     """An image file as an RGB Pillow image, read whole and upright (a phone photo's EXIF orientation applied), a
     transparent background white. A missing, unreadable or too large file (over Pillow's pixel limit, which stops a
-    decompression bomb from filling memory) is a UserError naming it."""
-    if not os.path.exists(path):
+    decompression bomb from filling memory) is a UserError naming it. path may be a file object instead (an upload's
+    bytes in io.BytesIO), then called name in the messages."""
+    name = path if name is None else name
+    if isinstance(path, str) and not os.path.exists(path):
         raise UserError(f'image {path} does not exist')
     try:
         with Image.open(path) as file:  # reads the header only
@@ -200,12 +202,13 @@ def open_image(path):
             im = Image.alpha_composite(Image.new('RGBA', im.size, 'white'), im.convert('RGBA'))
         return im.convert('RGB')
     except Exception as e:  # a damaged file makes Pillow's decoders raise errors of many kinds
-        raise UserError(f'cannot read image {path}: {e or type(e).__name__}') from None
+        raise UserError(f'cannot read image {name}: {e or type(e).__name__}') from None
 
 
-def load_image(path, size):
-    """An image file as a (size, size, 3) uint8 array; a missing or unreadable file is a UserError."""
-    im = open_image(path)
+def load_image(path, size, name=None):
+    """An image file (or file object, as open_image) as a (size, size, 3) uint8 array; a missing or unreadable file
+    is a UserError."""
+    im = open_image(path, name)
     if im.size != (size, size):
         im = im.resize((size, size), Image.BICUBIC)
     return np.asarray(im, dtype=np.uint8)
@@ -450,18 +453,18 @@ def start_tokens(tokenizer, style, prompt, block_size):
 
 @torch.no_grad()
 def describe(model, tokenizer, images, style='short', prompt='', temperature=0.7, top_k=20, max_new_tokens=120,
-             use_cache=True):
+             use_cache=True, on_token=None):
     """Descriptions of images (B, S, S, 3) uint8 (numpy or torch), each starting with its prompt: one string for
     all, or a list of B prompts of the same length in tokens. The model continues [style token] + prompt, the way
     every training text begins (style None: <|endoftext|>, for a model trained with --style_token=false).
-    Returns B strings."""
+    on_token: called with each step's new tokens, as model.generate says. Returns B strings."""
     device = next(model.parameters()).device
     images = torch.as_tensor(np.array(images)).to(device)  # a copy: memory-mapped arrays are read-only
     prompts = [prompt] * len(images) if isinstance(prompt, str) else prompt
     starts = [start_tokens(tokenizer, style, p, model.config.block_size) for p in prompts]
     idx = torch.tensor(starts, dtype=torch.long, device=device)  # (B, T): fails unless all have the same length
     new = model.generate(images, idx, max_new_tokens, temperature=temperature, top_k=top_k, eot=EOT,
-                         use_cache=use_cache)
+                         use_cache=use_cache, on_token=on_token)
     return [tokenizer.decode(start[1:] + row) for start, row in zip(starts, new.tolist())]
 
 

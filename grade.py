@@ -37,7 +37,7 @@ import numpy as np
 import chat
 import data
 from cli import UserError, hold, let_go, parse_flags, run_cli, write_file
-from picturebook import facts, true_of
+from picturebook import grounding_counts
 
 DEFAULTS = {
     'judge': 'grounding',   # gpt, grounding or rouge
@@ -231,12 +231,11 @@ def grounding(records):
     for r in records:
         if 'scene' not in r:
             raise UserError(f"record {r.get('id')} has no scene: the grounding judge needs picture-book samples")
-        said = facts(r['text'])
-        there = {(o['color'], o['kind']) for o in r['scene']['objects']}
-        stated.append(len(said))
-        true.append(sum(true_of(f, r['scene']) for f in said))
-        named.append(len(there & {f[1:] for f in said if f[0] == 'object'}))
-        objects.append(len(there))
+        c = grounding_counts(r['text'], r['scene'])
+        stated.append(c['stated'])
+        true.append(c['true'])
+        named.append(c['named'])
+        objects.append(c['objects'])
     return {'judge': 'grounding', 'n': len(records),
             'scores': {'precision': ratio_ci(true, stated), 'recall': ratio_ci(named, objects),
                        'words': mean_ci([len(r['text'].split()) for r in records])},  # how long: is it the style asked?

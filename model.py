@@ -339,10 +339,13 @@ class NanoVLM(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, images, idx, max_new_tokens, temperature=1.0, top_k=None, eot=None, use_cache=True):
+    def generate(self, images, idx, max_new_tokens, temperature=1.0, top_k=None, eot=None, use_cache=True,
+                 on_token=None):
         """Continue idx (B, T0), a style token and an optional beginning of the same length in every row, for up
         to max_new_tokens. temperature 0 is greedy. Rows that write eot stop (later positions are filled with
-        eot) and generation ends when all have. Returns the new tokens (B, n)."""
+        eot) and generation ends when all have. on_token, if given, is called with each step's new tokens (B,) as
+        they are chosen (serve.py shows the words as they come); an exception it raises stops generation. Returns
+        the new tokens (B, n)."""
         max_new_tokens = min(max_new_tokens, self.config.block_size - idx.size(1))
         prefix = self.visual_prefix(images)
         caches = [{} for _ in self.decoder] if use_cache else None
@@ -363,6 +366,8 @@ class NanoVLM(nn.Module):
                 nxt = nxt.masked_fill(done, eot)
                 done = done | (nxt == eot)
             new.append(nxt)
+            if on_token is not None:
+                on_token(nxt)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             idx = torch.cat([idx, nxt[:, None]], dim=1)

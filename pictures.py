@@ -11,7 +11,8 @@ Pictures of what the model sees and writes, drawn with Pillow alone (no plotting
     pictures.attention_picture(model, tokenizer, image, None, 'out-tiny/attention.png')  # None: describe it first
     pictures.loss_curves('out-tiny/train_log.jsonl', 'out-tiny/loss.png')
 
-Every function writes one PNG and returns what it drew (counts, heatmaps, series), so tests can check the numbers.
+Every function writes one PNG and returns what it drew (counts, heatmaps, series), so tests can check the numbers;
+attention_maps gives the attention's numbers alone (serve.py's live page draws them in the browser).
 """
 import json
 import math
@@ -148,27 +149,33 @@ def fact_spans(text):
 
 def fact_marks(text, scene):
     """Per character of text: 0 states nothing, 1 part of a true fact, 2 part of a false one (false wins); and the
-    counts (true facts, stated facts), as grade.py's grounding judge counts them (picturebook.facts / true_of)."""
+    grounding judge's counts for it (picturebook.grounding_counts: true and stated facts, named and all objects)."""
     stated = picturebook.facts(text)
     marks = np.zeros(len(text), np.int8)
     for fact, (start, end) in fact_spans(text):
         if fact in stated:  # never mark what the judge did not read
             marks[start:end] = np.maximum(marks[start:end], 1 if picturebook.true_of(fact, scene) else 2)
-    return marks, (sum(picturebook.true_of(f, scene) for f in stated), len(stated))
+    return marks, picturebook.grounding_counts(text, scene)
+
+
+def grounding_line(counts):
+    """The line under a picture-book description (sheet and live page): its precision and its recall."""
+    return f"{counts['true']}/{counts['stated']} facts true, {counts['named']}/{counts['objects']} objects named"
 
 
 def sample_sheet(images, texts, path, scenes=None, columns=4, title='', picture_px=128, text_px=240, size=13):
     """Write a PNG grid of pictures (uint8 (H, W, 3) arrays) with their descriptions wrapped beneath them. With
     scenes (picture-book; None for a picture without one) the words of each stated fact are green when the scene
-    bears it out and red, underlined when it does not, each picture shows its count of true facts, and the header
-    the precision over the sheet. Returns [(true, stated)] per picture (None where there is no scene)."""
+    bears it out and red, underlined when it does not, each picture shows its grounding line (true facts of those
+    stated, objects named of those in the picture), and the header the precision over the sheet. Returns
+    [(true, stated)] per picture (None where there is no scene)."""
     scenes = [None] * len(images) if scenes is None else list(scenes)
     if not len(images) or not len(images) == len(texts) == len(scenes):
         raise ValueError(f'{len(images)} pictures, {len(texts)} texts, {len(scenes)} scenes: one of each, at least one')
     f, small = font(size), font(size - 1)
     pictures = [enlarge(im, picture_px) for im in images]
     marked = [fact_marks(t, s) if s is not None else (None, None) for t, s in zip(texts, scenes)]
-    counts = [c for _, c in marked]
+    counts = [None if c is None else (c['true'], c['stated']) for _, c in marked]
     cell_w = max(max(p.width for p in pictures), text_px)
     cell_h = max(p.height for p in pictures) + line_height(small) + max(text_height(t, f, cell_w) for t in texts)
     columns = max(1, min(columns, len(images)))
@@ -196,8 +203,8 @@ def sample_sheet(images, texts, path, scenes=None, columns=4, title='', picture_
         sheet.paste(picture, (x, y))
         y += picture.height
         if count is not None:
-            draw.text((x, y + 1), f'{count[0]}/{count[1]} facts true', font=small,
-                      fill=GREY if count[0] == count[1] else FALSE_RGB)
+            whole = count['true'] == count['stated'] and count['named'] == count['objects']
+            draw.text((x, y + 1), grounding_line(count), font=small, fill=GREY if whole else FALSE_RGB)
         draw_text(draw, (x, y + line_height(small)), text, f, cell_w, marks)
     save(sheet, path)
     return counts
@@ -254,10 +261,25 @@ def overlay(image, heat, px, alpha=0.6):
 def attention_picture(model, tokenizer, image, text, path, style='short', layer=None, columns=6, tile_px=96,
                       picture_px=128, size=13):
     """Write a PNG of what the model looked at in image (uint8 (S, S, 3)) while writing text (None: describe it
-    first, greedily, as data.describe does). visual_tokens='all': one heatmap per word over the image's patches;
-    'cls': one heatmap, what the encoder's CLS token (the decoder's only view of the image) attended to. layer: a
-    decoder block, or None for the mean over all of them. Returns (labels, maps): the words (or ['CLS']) and
-    float64 maps (n, gh, gw), each summing to one over the image."""
+    first, greedily, as data.describe does): attention_maps' heatmaps, one a word (or one for CLS), under the
+    picture and the text. Returns (labels, maps): the words (or ['CLS']) and float64 maps (n, gh, gw), each summing
+    to one over the image."""
+    cfg = model.config
+    text, labels, maps, shares, about = attention_maps(model, tokenizer, image, text, style, layer)
+    tile_px = tile_px if cfg.visual_tokens == 'all' else max(tile_px, 2 * picture_px)  # one map: make it big
+    draw_attention(path, np.asarray(image, dtype=np.uint8), text, about, labels, maps, shares, columns, tile_px,
+                   picture_px, size)
+    return labels, maps
+
+
+def attention_maps(model, tokenizer, image, text, style='short', layer=None):
+    """Where the model looked in image (uint8 (S, S, 3)) while writing text: a string, the token ids the model
+    wrote (a list; encoding its text again may spell it otherwise), or None (describe it first, greedily).
+    visual_tokens='all': one heatmap per word (pictures.words_of) over the image's patches; 'cls': one heatmap,
+    what the encoder's CLS token (the decoder's only view of the image) attended to. layer: a decoder block, or
+    None for the mean over all of them. Returns (text, labels, maps, shares, about): the words (or ['CLS']), float64
+    maps (n, gh, gw) each summing to one over the image, each map's share of its attention on the picture at all,
+    and a sentence saying what the maps are."""
     cfg, device = model.config, next(model.parameters()).device
     image = np.asarray(image, dtype=np.uint8)
     if image.shape != (cfg.img_size, cfg.img_size, 3):
@@ -276,9 +298,9 @@ def attention_picture(model, tokenizer, image, text, path, style='short', layer=
             start = torch.tensor([[start_id]], device=device)
             ids = model.generate(images, start, cfg.block_size, temperature=0, eot=EOT)[0].tolist()
             ids = ids[:ids.index(EOT)] if EOT in ids else ids
-            text = tokenizer.decode(ids)
         else:
-            ids = tokenizer.encode(text.strip())
+            ids = list(text) if isinstance(text, list) else tokenizer.encode(text.strip())
+        text = text if isinstance(text, str) else tokenizer.decode(ids)
         if len(ids) + 1 > cfg.block_size:
             raise UserError(f'the text is {len(ids)} tokens; this model reads at most {cfg.block_size - 1}')
         idx = torch.tensor([[start_id] + ids], device=device)
@@ -312,9 +334,7 @@ def attention_picture(model, tokenizer, image, text, path, style='short', layer=
                  f'the queries that predicted the word\'s tokens on the {N} patches, mean over {cfg.n_head} heads, '
                  f'{which} and the word\'s tokens, renormalised over the patches (each map sums to 1). Under each '
                  f'map: the share of that attention on the patches at all (the rest went to CLS and the text).')
-    tile_px = tile_px if cfg.visual_tokens == 'all' else max(tile_px, 2 * picture_px)  # one map: make it big
-    draw_attention(path, image, text, about, labels, maps, shares, columns, tile_px, picture_px, size)
-    return labels, maps
+    return text, labels, maps, shares, about
 
 
 def draw_attention(path, image, text, about, labels, maps, shares, columns, tile_px, picture_px, size):

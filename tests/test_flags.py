@@ -173,7 +173,7 @@ def test_build_flag_errors(run_main, tmp_path, args, words):
 # -----------------------------------------------------------------------------
 # Command-line conventions: --help everywhere, bare booleans, a close flag named, one bounds mechanism.
 
-SCRIPTS = ['train.py', 'sample.py', 'grade.py', 'data.py', 'build.py', 'bench.py', 'model.py']
+SCRIPTS = ['train.py', 'sample.py', 'grade.py', 'data.py', 'build.py', 'bench.py', 'model.py', 'serve.py']
 
 
 @pytest.mark.parametrize('script', SCRIPTS)
@@ -245,7 +245,8 @@ def test_bench_refuses_flags_it_would_ignore(run_main):
 # -----------------------------------------------------------------------------
 # The house: a file a sitting, imports one way, the world without torch.
 
-LAYERS = ['cli', 'picturebook', 'data', 'model', 'machine', 'checkpoint', 'chat', 'build', 'grade', 'pictures', 'train', 'sample', 'bench']
+LAYERS = ['cli', 'picturebook', 'data', 'model', 'machine', 'checkpoint', 'chat', 'build', 'grade', 'pictures', 'train',
+          'sample', 'bench', 'serve']
 
 
 def test_modules_are_short_and_import_one_way():

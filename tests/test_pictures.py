@@ -98,6 +98,24 @@ def test_sample_sheet_marks_the_false_fact(tmp_path):
     assert (np.abs(right_px.astype(int) - pictures.TRUE_RGB).sum(-1) < 60).sum() > 20, 'no green words'
 
 
+def test_the_grounding_line_counts_the_objects_named(tmp_path):
+    """One object of four named four times is all true and still a poor description: the line says both."""
+    import grade
+    scene = {'sky': 'sunny', 'ground': 'grass', 'objects': [
+        {'kind': 'tree', 'color': 'orange', 'size': 'big', 'where': 'left'},
+        {'kind': 'dog', 'color': 'brown', 'size': 'small', 'where': 'middle'},
+        {'kind': 'car', 'color': 'red', 'size': 'big', 'where': 'right'},
+        {'kind': 'balloon', 'color': 'blue', 'size': 'small', 'where': 'middle'}]}
+    text = 'A big orange tree, a big orange tree, an orange tree and a big orange tree.'
+    _, counts = pictures.fact_marks(text, scene)
+    assert counts == {'stated': 2, 'true': 2, 'objects': 4, 'named': 1}
+    assert pictures.grounding_line(counts) == '2/2 facts true, 1/4 objects named'
+    judged = grade.grounding([{'id': 'x', 'text': text, 'scene': scene}])  # the judge counts the same
+    assert (judged['true'], judged['facts'], judged['named'], judged['objects']) == (2, 2, 1, 4)
+    image = np.asarray(picturebook.draw_scene(scene, 32))
+    assert pictures.sample_sheet([image], [text], tmp_path / 'sheet.png', scenes=[scene]) == [(2, 2)]
+
+
 def test_sample_sheet_of_a_trained_model(checkpoint, tmp_path):
     model, tokenizer, records, images = checkpoint
     texts = data.describe(model, tokenizer, images, temperature=0, max_new_tokens=30)

@@ -37,7 +37,7 @@ import numpy as np
 import chat
 import data
 from cli import UserError, hold, let_go, parse_flags, run_cli, write_file
-from picturebook import grounding_counts
+from picturebook import facts, true_of
 
 DEFAULTS = {
     'judge': 'grounding',   # gpt, grounding or rouge
@@ -224,6 +224,15 @@ def grade_all(records, c):
 # -----------------------------------------------------------------------------
 # The grounding judge: what a picture-book text states, checked against the scene it describes. The facts are read
 # by picturebook.facts, the same file that writes the descriptions, so the reader knows the writer's language.
+
+def grounding_counts(text, scene):
+    """The grounding judge on one text: the facts it states, those the scene bears out, the picture's objects
+    (distinct colour and kind) and those it names. grounding pools them; the sample sheet and the live page show
+    them under the text. Precision alone misses a text that names one object of four, however often."""
+    said, there = facts(text), {(o['color'], o['kind']) for o in scene['objects']}
+    return {'stated': len(said), 'true': sum(true_of(f, scene) for f in said), 'objects': len(there),
+            'named': len(there & {f[1:] for f in said if f[0] == 'object'})}
+
 
 def grounding(records):
     """Precision of the stated facts and recall of the picture's objects, pooled over the texts."""

@@ -342,15 +342,12 @@ class NanoVLM(nn.Module):
     def generate(self, images, idx, max_new_tokens, temperature=1.0, top_k=None, eot=None, use_cache=True,
                  on_token=None):
         """Continue idx (B, T0), a style token and an optional beginning of the same length in every row, for up
-        to max_new_tokens. temperature 0 is greedy. Rows that write eot stop (later positions are filled with
-        eot) and generation ends when all have. on_token, if given, is called with each step's new tokens (B,) as
-        they are chosen (serve.py shows the words as they come); an exception it raises stops generation. Returns
-        the new tokens (B, n)."""
+        to max_new_tokens; temperature 0 is greedy. A row that writes eot stops (eot fills the rest); all stopped,
+        it ends. on_token, if given, gets each step's tokens (B,) (serve.py; raising stops it). Returns new (B, n)."""
         max_new_tokens = min(max_new_tokens, self.config.block_size - idx.size(1))
         prefix = self.visual_prefix(images)
         caches = [{} for _ in self.decoder] if use_cache else None
-        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        new = []
+        done, new = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device), []  # rows ended, tokens (B,) a step
         h = self.decode(prefix, idx, caches)  # prefill: prefix and beginning in one pass
         for step in range(max_new_tokens):
             logits = self.lm_head(h[:, -1]).float()  # (B, V)

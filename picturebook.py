@@ -491,10 +491,3 @@ def true_of(fact, scene):
     if fact[0] == 'count':
         return sum((o['color'], o['kind']) == fact[2:] for o in objects) == fact[1]
     return scene[fact[0]] == fact[1]
-
-
-def grounding_counts(text, scene):
-    """The grounding judge on one text: facts stated, those true, the picture's objects, those named (grade.py)."""
-    said, there = facts(text), {(o['color'], o['kind']) for o in scene['objects']}
-    return {'stated': len(said), 'true': sum(true_of(f, scene) for f in said), 'objects': len(there),
-            'named': len(there & {f[1:] for f in said if f[0] == 'object'})}

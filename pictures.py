@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+import grade
 import picturebook
 from cli import UserError
 from data import EOT, STYLE_TOKEN
@@ -149,13 +150,13 @@ def fact_spans(text):
 
 def fact_marks(text, scene):
     """Per character of text: 0 states nothing, 1 part of a true fact, 2 part of a false one (false wins); and the
-    grounding judge's counts for it (picturebook.grounding_counts: true and stated facts, named and all objects)."""
+    grounding judge's counts for it (grade.grounding_counts: true and stated facts, named and all objects)."""
     stated = picturebook.facts(text)
     marks = np.zeros(len(text), np.int8)
     for fact, (start, end) in fact_spans(text):
         if fact in stated:  # never mark what the judge did not read
             marks[start:end] = np.maximum(marks[start:end], 1 if picturebook.true_of(fact, scene) else 2)
-    return marks, picturebook.grounding_counts(text, scene)
+    return marks, grade.grounding_counts(text, scene)
 
 
 def grounding_line(counts):

@@ -375,6 +375,7 @@ class Handler(BaseHTTPRequestHandler):
 
 class LiveServer(ThreadingHTTPServer):
     daemon_threads = True  # a client still streaming does not keep the process alive at Ctrl-C
+    request_queue_size = 64  # connections waiting to be let in (the default, 5, turns a class arriving at once away)
 
     def __init__(self, host, port, root=ROOT, quiet=False):
         super().__init__((host, port), Handler)

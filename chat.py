@@ -1,6 +1,6 @@
 """
 One client for any OpenAI-compatible Chat Completions server, shared by build.py (writing descriptions) and
-grade.py (grading them): GPT-4o as in the paper, or a local open model.
+grade.py (grading them): GPT-4o as in the paper, a reasoning model, or a local open model; batch.py sends the same.
 
 Calls to a paid API cost money and fail in many ways, so this file is about never paying twice and never losing
 what was paid for. In order:
@@ -47,8 +47,10 @@ FLAGS = dict(
     price_in=-1.0,          # USD per million input tokens, for the estimate (-1: the known price of --model)
     price_out=-1.0,         # USD per million output tokens
     yes=False,              # start spending without asking
+    batch=False,            # send the requests as Batch API jobs (batch.py): half the price, replies within 24 hours; a reply that failed or broke the rules goes back out live
+    batch_poll=60.0,        # with --batch: seconds between looks at a batch's progress
 )
-MINIMUM = {'workers': 1, 'max_attempts': 1, 'max_retries': 0, 'timeout': '>0'}  # impossible values of FLAGS
+MINIMUM = {'workers': 1, 'max_attempts': 1, 'max_retries': 0, 'timeout': '>0', 'batch_poll': '>0'}  # impossible values of FLAGS
 
 # -----------------------------------------------------------------------------
 # 2. The endpoint. Faults split three ways: a request the server turned down is that image's problem (RequestFailed:
@@ -174,11 +176,10 @@ def refused_field(content):
     models' answer, code 'unsupported_parameter' or 'unsupported_value'), else None."""
     try:
         error = loads(content).get('error') or {}
-        if error.get('code') in ('unsupported_parameter', 'unsupported_value'):
-            return {'max_tokens': 'max_tokens', 'temperature': 'temperature'}.get(error.get('param'))
+        known = error.get('code') in ('unsupported_parameter', 'unsupported_value')
+        return error['param'] if known and error.get('param') in ('max_tokens', 'temperature') else None
     except (ValueError, AttributeError):
-        pass
-    return None
+        return None
 
 
 def read_reply(content):
@@ -244,8 +245,7 @@ class ChatEndpoint:
         """The reply's text and its token usage {'prompt_tokens', 'completion_tokens'}. A field the model refuses
         (a 400 'unsupported_parameter' or 'unsupported_value' naming max_tokens or temperature, as OpenAI's reasoning
         models answer) is remembered for the run and the request sent again at once without it: a 400 costs nothing."""
-        headers = {'Authorization': f'Bearer {self.key}'} if self.key else {}
-        attempt = 0
+        headers, attempt = {'Authorization': f'Bearer {self.key}'} if self.key else {}, 0
         while True:
             if self.stop.is_set():
                 raise Stopped
@@ -265,7 +265,7 @@ class ChatEndpoint:
                         text, usage = read_reply(r.content)
                         self.answered = True
                         return text, usage
-                    except RequestFailed:
+                    except RequestFailed:  # a refusal is an answer too
                         self.answered = True
                         raise
                     except ValueError:
@@ -285,8 +285,8 @@ class ChatEndpoint:
     def ask(self, messages, check, response_format=None, max_attempts=3, temperature=None, first=None):
         """Ask until a reply passes check(reply) -> (value, None) or (None, what is wrong). A reply that fails is sent
         back with what is wrong, up to max_attempts replies. Returns (value, None, usage) or (None, why, usage); a
-        request the server turns down (RequestFailed) ends the asking with that as the why. first: the first reply,
-        already paid for (a Batch API reply: (text, usage), or the RequestFailed it was), checked like any other."""
+        request the server turns down (RequestFailed) ends the asking with that as the why. first: a first reply paid
+        for already (a batch's: (text, usage), or the RequestFailed it was)."""
         usage = {'prompt_tokens': 0, 'completion_tokens': 0}
         for attempt in range(max_attempts):
             try:
@@ -405,8 +405,9 @@ PRICES = {  # USD per million input and output tokens, OpenAI's list prices in 2
 
 
 def price(c):
-    """USD per million (input, output) tokens for c.model, or None if unknown."""
-    return (c.price_in, c.price_out) if c.price_in >= 0 and c.price_out >= 0 else PRICES.get(c.model)
+    """USD per million (input, output) tokens for c.model, or None if unknown: half the list price with --batch."""
+    listed = tuple(p / (1 + c.batch) for p in PRICES[c.model]) if c.model in PRICES else None
+    return (c.price_in, c.price_out) if c.price_in >= 0 and c.price_out >= 0 else listed
 
 
 def spent(usage, c):
@@ -436,8 +437,9 @@ def estimate(texts, with_image, reply_tokens, c):
     p = price(c)
     dollars = f'about ${(tokens_in * p[0] + tokens_out * p[1]) / 1e6:,.2f} at ${p[0]:g} in and ${p[1]:g} out per ' \
               'million tokens' if p else f'cost unknown: no price for {c.model} (set --price_in and --price_out)'
-    return f'{len(texts):,} requests to {c.model} at {c.base_url}: about {tokens_in / 1e6:.2f}M input and ' \
-           f'{tokens_out / 1e6:.2f}M output tokens, {dollars}'
+    return f'{len(texts):,} requests to {c.model} at {c.base_url}' + (' as Batch API jobs' if c.batch else '') + \
+        f': about {tokens_in / 1e6:.2f}M input and {tokens_out / 1e6:.2f}M output tokens, {dollars}' + \
+        ('; the replies come within 24 hours (the batch window)' if c.batch else '')
 
 
 # -----------------------------------------------------------------------------

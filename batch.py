@@ -35,6 +35,7 @@ MAX_BYTES = 200 << 20  # bytes in one batch file at most (the API's limit)
 URL = '/v1/chat/completions'  # the endpoint every line goes to
 OVER = ('completed', 'failed', 'expired', 'cancelled')  # a batch's statuses once it will change no more
 TRANSFER_SECONDS = 3600  # the longest an upload or a download may take (a 200 MB file on a slow line)
+MAX_DOWNLOAD = 2 << 30  # bytes of an output or error file at most (50,000 replies of a few kB are a few hundred MB)
 
 
 def read_parts(folder):
@@ -198,7 +199,7 @@ class Api:
             try:
                 for part in (kwargs.get('files') or {}).values():
                     part[1].seek(0)  # an upload tried again sends the file from its start
-                r = chat.fetch(method, self.base + path, timeout or self.c.timeout, 16 << 40 if write else chat.MAX_REPLY,
+                r = chat.fetch(method, self.base + path, timeout or self.c.timeout, MAX_DOWNLOAD if write else chat.MAX_REPLY,
                                write, self.c.timeout, headers=self.headers, **kwargs)
             except requests.RequestException as e:
                 problem = f'cannot reach {self.base + path} ({type(e).__name__})'

@@ -110,6 +110,18 @@ def test_a_batch_build_writes_what_a_live_build_writes(tmp_path, photos, monkeyp
         server.close()
 
 
+def test_the_estimate_says_batch_prices_and_the_window():
+    c = grade.SimpleNamespace(model='gpt-4o', base_url='https://api.openai.com/v1', price_in=-1.0, price_out=-1.0)
+    live = chat.estimate(['x' * 400] * 1000, True, 100, grade.SimpleNamespace(**vars(c), batch=False))
+    batched = chat.estimate(['x' * 400] * 1000, True, 100, grade.SimpleNamespace(**vars(c), batch=True))
+    assert 'at $2.5 in and $10 out per million' in live and 'Batch' not in live and '24 hours' not in live
+    dollars = [float(s.split('about $')[1].split()[0]) for s in (live, batched)]
+    assert dollars[1] == pytest.approx(dollars[0] / 2, abs=0.01) and 'at $1.25 in and $5 out' in batched
+    assert 'as Batch API jobs' in batched and 'the replies come within 24 hours' in batched
+    given = chat.estimate(['x'] * 10, False, 100, grade.SimpleNamespace(**{**vars(c), 'price_in': 1.0, 'price_out': 2.0}, batch=True))
+    assert 'at $1 in and $2 out' in given  # --price_in/out are taken as they are
+
+
 def marks(body):
     """The fake judge: scores read off the text's number; the first ask of every seventh is missing "plot"."""
     text = body['messages'][1]['content'][0]['text']

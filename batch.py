@@ -14,11 +14,12 @@ in the batch, or that an expired or cancelled batch never reached, is sent live 
 Never paying twice: FOLDER/state.jsonl records each step the moment it happens, appended and on disk (fsync):
     {"part": K, "custom_ids": [...]}      the requests of part K, written to FOLDER/input-K.jsonl
     {"part": K, "file_id": "file-..."}    that file uploaded
+    {"part": K, "creating": true}         its batch about to be created
     {"part": K, "batch_id": "batch_..."}  its batch created
     {"part": K, "status": "completed"}    the batch over, its output and errors in FOLDER/output-K.jsonl, errors-K.jsonl
 A run killed at any moment and started again goes on from the last step recorded. A request recorded in a part is
-never put in another. The one step whose reply a kill can lose is the batch's creation: a part with a file and no
-batch looks for a batch of that file (GET /batches) before it creates one. A file uploaded twice costs nothing.
+never put in another. The one step whose reply a kill can lose is the batch's creation: a part that was being
+created looks for a batch of its file (GET /batches) before it creates one. A file uploaded twice costs nothing.
 """
 import json
 import os
@@ -90,19 +91,22 @@ def run(endpoint, todo, ident, request, job, log_path, folder, c, words):
             with open(os.path.join(folder, name), 'rb') as f:
                 uploaded = api.call('POST', '/files', data={'purpose': 'batch'},
                                     files={'file': (name, f, 'application/jsonl')}, timeout=TRANSFER_SECONDS)
-            record(state, parts, {'part': k, 'file_id': uploaded['id']})
+            record(state, parts, {'part': k, 'file_id': api.named(uploaded, 'file')})
         if 'batch_id' not in p:
-            made = api.find(p['file_id']) or api.call('POST', '/batches', json={
-                'input_file_id': p['file_id'], 'endpoint': URL, 'completion_window': '24h'})
-            record(state, parts, {'part': k, 'batch_id': made['id']})
+            made = 'creating' in p and api.find(p['file_id'])  # a kill may have hidden the batch made last time
+            if not made:
+                record(state, parts, {'part': k, 'creating': True})
+                made = api.call('POST', '/batches', json={'input_file_id': p['file_id'], 'endpoint': URL,
+                                                          'completion_window': '24h'})
+            record(state, parts, {'part': k, 'batch_id': api.named(made, 'batch')})
             remove_quietly(os.path.join(folder, f'input-{k}.jsonl'))  # uploaded: the API keeps it now
     wait(api, parts, [k for k in live if 'status' not in parts[k]], state, c)
     firsts = {}
     for k in live:
         for name in (f'output-{k}.jsonl', f'errors-{k}.jsonl'):
             firsts.update(replies(os.path.join(folder, name), wanted))
-    if firsts or todo:
-        print(f'{len(firsts):,} of {len(todo):,} replies came from the batch; the rest go out live')
+    print(f'{len(firsts):,} of {len(todo):,} replies came from the batches; each is checked as a live one is, and what '
+          'failed or broke a rule goes out live')
     return chat.run_jobs(endpoint, todo, lambda item: job(item, firsts.get(ident(item))), log_path, c, words)
 
 
@@ -154,7 +158,7 @@ def wait(api, parts, pending, state, c):
                     api.download(b[key], os.path.join(api.folder, f'{name}-{k}.jsonl'))
             if b['status'] != 'completed':
                 said = ((b.get('errors') or {}).get('data') or [{}])[0].get('message')
-                print(f"\nbatch {b['id']} {b['status']}" + (f' ({said})' if said else '') +
+                print(f"\nbatch {parts[k]['batch_id']} {b['status']}" + (f' ({said})' if said else '') +
                       f"; the {int((b.get('request_counts') or {}).get('completed') or 0):,} replies it finished are "
                       'kept, the rest go out live')
             record(state, parts, {'part': k, 'status': b['status']})
@@ -222,6 +226,13 @@ class Api:
                 time.sleep(wait)
         raise UserError(f'{problem}, {self.c.max_retries + 1} times in a row; every batch step so far is in '
                         f'{self.folder}: run the same command again to go on')
+
+    def named(self, made, what):
+        """The id of the file or batch the server says it made."""
+        if not isinstance(made, dict) or not isinstance(made.get('id'), str):
+            raise UserError(f'{self.base} made a {what} and did not say its id; every batch step so far is in '
+                            f'{self.folder}: run the same command again to go on')
+        return made['id']
 
     def find(self, file_id):
         """The batch made of file_id, if one was made (a run killed before it could record it), else None."""

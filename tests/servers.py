@@ -35,7 +35,7 @@ class Server:
         self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
         self.log = []
         self.lock = threading.Lock()
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()  # close() waits a poll at most
 
     def close(self):
         self.httpd.shutdown()

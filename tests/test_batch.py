@@ -75,8 +75,9 @@ def check_shapes(server, live_bodies):
 
 
 def test_a_batch_build_writes_what_a_live_build_writes(tmp_path, photos, monkeypatch, capsys):
-    """60 pictures: 20 already built live, the other 40 in two batches (at most 25 a file here), two of their lines
-    failing in the batch; a reply that breaks the rules goes back out live. Every record once, equal to a live run's."""
+    """60 pictures in three batches (at most 25 a file here), two lines failing in the batch, a reply that breaks the
+    rules sent back live: every record once, equal to a live run's on the same replies. Then a folder that a live run
+    left after 20: the batches hold only the other 40."""
     monkeypatch.setenv('OPENAI_API_KEY', KEY)
     monkeypatch.setattr(batch, 'MAX_REQUESTS', 25)
     flags = ['--dataset=folder', f'--images={photos}', '--n_test=5', '--yes', '--workers=2']
@@ -89,25 +90,29 @@ def test_a_batch_build_writes_what_a_live_build_writes(tmp_path, photos, monkeyp
     assert 0 < sum(r['usage']['prompt_tokens'] == 200 for r in records) < 60  # some replies were sent back
     ids = {chat.image_content(os.path.join(tmp_path / 'live', r['image']))['image_url']['url']: r['id'] for r in records}
     first_asks = {ids[picture(e['body'])]: e['body'] for e in live.log if len(e['body']['messages']) == 2}
-    out = tmp_path / 'batched'
-    out.mkdir()
     log = data.read_jsonl(os.path.join(tmp_path / 'live', 'build.jsonl'))
-    data.write_jsonl(str(out / 'build.jsonl'), log[:20])  # a live run that stopped after 20
-    server = batch_server(describe, fail=[log[30]['id'], log[41]['id']])
-    try:
-        capsys.readouterr()
-        build.main([*flags, f'--out={out}', f'--base_url={server.url}/v1', '--batch', '--batch_poll=0.01'])
-        said = capsys.readouterr().out
-        assert 'requests to gpt-4o at' in said and 'as Batch API jobs' in said and 'within 24 hours' in said
-        lines = batch_lines(server)
-        assert sorted(line['custom_id'] for _, line in lines) == sorted(r['id'] for r in log[20:])  # only what was missing
-        assert len(server.batches) == 2 and len(lines) == 40
-        check_shapes(server, first_asks)
+    for name, before, batches in (('batched', [], 3), ('after-live', log[:20], 2)):
+        out = tmp_path / name
+        out.mkdir()
+        if before:
+            data.write_jsonl(str(out / 'build.jsonl'), before)  # a live run that stopped after 20
+        server = batch_server(describe, fail=[log[30]['id'], log[41]['id']])
+        try:
+            capsys.readouterr()
+            build.main([*flags, f'--out={out}', f'--base_url={server.url}/v1', '--batch', '--batch_poll=0.01'])
+            said = capsys.readouterr().out
+            assert 'requests to gpt-4o at' in said and 'as Batch API jobs' in said and 'within 24 hours' in said
+            lines = batch_lines(server)
+            assert sorted(line['custom_id'] for _, line in lines) == sorted(r['id'] for r in log[len(before):])
+            assert len(server.batches) == batches and len(server.seen) == 60 - len(before) - 2
+            check_shapes(server, first_asks)
+            live_asks = [e for e in server.log if e['body'].get('messages')]
+            assert len([e for e in live_asks if len(e['body']['messages']) == 2]) == 2  # the two failed lines, anew
+        finally:
+            server.close()
         assert built(out) == records
         for split in ('train', 'val', 'test'):
             assert (out / f'{split}.jsonl').read_text() == (tmp_path / 'live' / f'{split}.jsonl').read_text()
-    finally:
-        server.close()
 
 
 def test_the_estimate_says_batch_prices_and_the_window():

@@ -50,28 +50,23 @@ def read_parts(folder):
     return parts
 
 
-def fresh(folder, todo, ident, c):
-    """The items of todo that no batch holds: what a run has yet to pay for. A live run over requests that a batch
-    holds is refused: its replies are paid for and waiting."""
+def fresh(folder, todo, ident):
+    """The items of todo that no batch holds: what a run has yet to pay for."""
     held = {i for p in read_parts(folder).values() for i in p['custom_ids']}
-    new = [it for it in todo if ident(it) not in held]
-    if not c.batch and len(new) < len(todo):
-        raise UserError(f'{len(todo) - len(new):,} of these requests are in a batch ({folder}): add --batch to '
-                        'collect its replies rather than pay for them again')
-    return new
+    return [it for it in todo if ident(it) not in held]
 
 
 def run(endpoint, todo, ident, request, job, log_path, folder, c, words):
-    """Send the items of todo that no batch holds as batches, wait for every batch that holds one of todo, and
-    make each item's record with job(item, first) -> record, first its batch reply (None: none came). ident(item):
-    its custom_id; request(item): chat.ChatEndpoint.ask's messages, response_format and temperature for it (a
-    UserError: no request can be made, and the job says so)."""
+    """With c.batch, send the items of todo that no batch holds as batches; wait for every batch that holds one of
+    todo (a live run too: its replies are paid for); then make each item's record with job(item, first) -> record,
+    first its batch reply (None: none came, and the job asks live). ident(item): its custom_id; request(item):
+    chat.ChatEndpoint.ask's messages, response_format and temperature for it (a UserError: no request can be made,
+    and the job says so)."""
     os.makedirs(folder, exist_ok=True)
     state = os.path.join(folder, 'state.jsonl')
     parts = read_parts(folder)
-    new = fresh(folder, todo, ident, c)
     lines = []
-    for item in new:
+    for item in fresh(folder, todo, ident) if c.batch else []:
         try:
             lines.append((ident(item), json.dumps({'custom_id': ident(item), 'method': 'POST', 'url': URL,
                                                    'body': endpoint.body(**request(item))}) + '\n'))
@@ -83,6 +78,9 @@ def run(endpoint, todo, ident, request, job, log_path, folder, c, words):
         record(state, parts, {'part': k, 'custom_ids': ids})
     wanted = {ident(it) for it in todo}
     live = [k for k, p in sorted(parts.items()) if wanted & set(p['custom_ids'])]
+    if not c.batch and live:
+        print(f'{len(wanted & {i for k in live for i in parts[k]["custom_ids"]}):,} of these requests are in a batch '
+              f'({folder}): its replies are collected, not paid for again')
     api = Api(endpoint, c, folder)
     for k in live:
         p = parts[k]

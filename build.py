@@ -143,7 +143,7 @@ def describe_all(items, out_dir, c):
     done = {r['id'] for r in read_log(log_path, check=build_log)}
     todo = [it for it in items if it['id'] not in done]
     folder = os.path.join(out_dir, 'batch')  # --batch's files and steps (batch.py)
-    new = batch.fresh(folder, todo, ident, c)
+    new = batch.fresh(folder, todo, ident)
     if not todo:
         return True
     if new:
@@ -153,7 +153,7 @@ def describe_all(items, out_dir, c):
             return False
     endpoint = chat.ChatEndpoint(c.base_url, c.model, c.timeout, c.max_retries)
     words = ('described', 'images', 'skipped')
-    if c.batch:
+    if c.batch or len(new) < len(todo):  # a batch holds some: they are collected, not sent again
         batch.run(endpoint, todo, ident, lambda item: request(item, out_dir, c),
                   lambda item, first: describe_image(endpoint, item, out_dir, c, first), log_path, folder, c, words)
     else:

@@ -195,7 +195,7 @@ def grade_all(records, c):
     todo = {key: r for path, rs in records.items() for key, r in zip(keys[path], rs) if key not in cache}
     total = sum(map(len, records.values()))
     folder = c.cache + '.batch'  # --batch's files and steps (batch.py)
-    new = dict(batch.fresh(folder, list(todo.items()), lambda item: item[0], c))
+    new = dict(batch.fresh(folder, list(todo.items()), lambda item: item[0]))
     if not todo:
         print(f'all {total:,} grades are in {c.cache}: nothing to send')
     else:
@@ -222,7 +222,7 @@ def grade_all(records, c):
                     'usage': usage}
 
         words = ('graded', 'texts', 'failed')
-        if c.batch:
+        if c.batch or len(new) < len(todo):  # a batch holds some: they are collected, not sent again
             batch.run(endpoint, list(todo.items()), lambda item: item[0], request, grade_one, c.cache, folder, c, words)
         else:
             chat.run_jobs(endpoint, list(todo.items()), grade_one, c.cache, c, words)

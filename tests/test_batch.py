@@ -167,7 +167,9 @@ def test_a_batch_grading_writes_what_a_live_grading_writes_and_an_expired_batch_
     assert all('scores' in r for r in caches['batch'])
 
 
-def test_a_live_run_over_requests_a_batch_holds_is_refused(tmp_path, photos, monkeypatch):
+def test_a_run_without_batch_collects_what_a_batch_holds(tmp_path, photos, monkeypatch, capsys):
+    """A --batch run that stops while its batch runs, then the command without --batch: the batch's replies are
+    collected, not asked for again live, and no second batch is made."""
     monkeypatch.setenv('OPENAI_API_KEY', KEY)
     server = batch_server(describe)
 
@@ -176,13 +178,18 @@ def test_a_live_run_over_requests_a_batch_holds_is_refused(tmp_path, photos, mon
             raise ConnectionError
     server.hook = hang_up
     flags = ['--dataset=folder', f'--images={photos}', '--n_test=5', '--yes', f'--out={tmp_path / "out"}',
-             f'--base_url={server.url}/v1', '--max_retries=0', '--timeout=2']
+             f'--base_url={server.url}/v1', '--max_retries=0', '--timeout=2', '--batch_poll=0.01']
     try:
-        with pytest.raises(UserError):
-            build.main([*flags, '--batch', '--batch_poll=0.01'])
-        with pytest.raises(UserError, match=r'^60 of these requests are in a batch \(.*batch\): add --batch to collect'):
-            build.main(flags)
-        assert len(server.batches) == 1 and not [e for e in server.log if e['body'].get('messages')]
+        with pytest.raises(UserError, match='every batch step so far is in .*batch: run the same command again'):
+            build.main([*flags, '--batch'])
+        server.hook = lambda event: None
+        capsys.readouterr()
+        build.main(flags)
+        assert f'60 of these requests are in a batch ({tmp_path / "out" / "batch"}): its replies are collected' in \
+            capsys.readouterr().out
+        assert len(server.batches) == 1 and len(server.seen) == 60
+        assert not [e for e in server.log if len(e['body'].get('messages', [])) == 2]  # nothing asked anew live
+        assert len(built(tmp_path / 'out')) == 60
     finally:
         server.close()
 

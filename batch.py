@@ -65,16 +65,14 @@ def run(endpoint, todo, ident, request, job, log_path, folder, c, words):
     os.makedirs(folder, exist_ok=True)
     state = os.path.join(folder, 'state.jsonl')
     parts = read_parts(folder)
-    lines = []
-    for item in fresh(folder, todo, ident) if c.batch else []:
-        try:
-            lines.append((ident(item), json.dumps({'custom_id': ident(item), 'method': 'POST', 'url': URL,
-                                                   'body': endpoint.body(**request(item))}) + '\n'))
-        except UserError:
-            pass
-    for ids, text in split(lines):
-        k = max(parts, default=-1) + 1
-        write_file(os.path.join(folder, f'input-{k}.jsonl'), lambda f: f.write(text))
+    def lines():  # one at a time: 28,000 requests with their pictures are about a gigabyte
+        for item in fresh(folder, todo, ident) if c.batch else []:
+            try:
+                body = endpoint.body(**request(item))
+            except UserError:
+                continue
+            yield ident(item), json.dumps({'custom_id': ident(item), 'method': 'POST', 'url': URL, 'body': body}) + '\n'
+    for k, ids in write_parts(folder, lines(), max(parts, default=-1) + 1):
         record(state, parts, {'part': k, 'custom_ids': ids})
     wanted = {ident(it) for it in todo}
     live = [k for k, p in sorted(parts.items()) if wanted & set(p['custom_ids'])]
@@ -108,17 +106,26 @@ def run(endpoint, todo, ident, request, job, log_path, folder, c, words):
     return chat.run_jobs(endpoint, todo, lambda item: job(item, firsts.get(ident(item))), log_path, c, words)
 
 
-def split(lines):
-    """[(custom_ids, text)]: the lines in files of at most MAX_REQUESTS lines and MAX_BYTES bytes."""
-    files, ids, text, size = [], [], [], 0
-    for custom_id, line in lines:
-        if ids and (len(ids) == MAX_REQUESTS or size + len(line.encode()) > MAX_BYTES):
-            files.append((ids, ''.join(text)))
-            ids, text, size = [], [], 0
-        ids.append(custom_id)
-        text.append(line)
-        size += len(line.encode())
-    return files + ([(ids, ''.join(text))] if ids else [])
+def write_parts(folder, lines, k):
+    """Write the (custom_id, line) pairs into FOLDER/input-K.jsonl, input-K+1.jsonl, ..., each of at most
+    MAX_REQUESTS lines and MAX_BYTES bytes, each whole on disk (cli.write_file) before it is yielded as (K, its
+    custom_ids)."""
+    lines = iter(lines)
+    pending = next(lines, None)
+    while pending:
+        ids = []
+
+        def fill(f):
+            nonlocal pending
+            size = 0
+            while pending and not (ids and (len(ids) == MAX_REQUESTS or size + len(pending[1].encode()) > MAX_BYTES)):
+                f.write(pending[1])
+                ids.append(pending[0])
+                size += len(pending[1].encode())
+                pending = next(lines, None)
+        write_file(os.path.join(folder, f'input-{k}.jsonl'), fill)
+        yield k, ids
+        k += 1
 
 
 def record(state, parts, step):

@@ -115,6 +115,16 @@ def test_a_batch_build_writes_what_a_live_build_writes(tmp_path, photos, monkeyp
             assert (out / f'{split}.jsonl').read_text() == (tmp_path / 'live' / f'{split}.jsonl').read_text()
 
 
+def test_batch_files_keep_the_per_file_limits(tmp_path, monkeypatch):
+    monkeypatch.setattr(batch, 'MAX_REQUESTS', 4)
+    monkeypatch.setattr(batch, 'MAX_BYTES', 25)
+    lines = [(f'r{i}', 'x' * (9 if i < 6 else 3) + '\n') for i in range(12)]  # 10 bytes each, then 4
+    parts = list(batch.write_parts(str(tmp_path), lines, 3))
+    assert parts == [(3, ['r0', 'r1']), (4, ['r2', 'r3']), (5, ['r4', 'r5', 'r6']), (6, ['r7', 'r8', 'r9', 'r10']),
+                     (7, ['r11'])]  # 25 bytes at most, then 4 requests at most
+    assert (tmp_path / 'input-6.jsonl').read_text() == 'xxx\n' * 4
+
+
 def test_the_estimate_says_batch_prices_and_the_window():
     c = grade.SimpleNamespace(model='gpt-4o', base_url='https://api.openai.com/v1', price_in=-1.0, price_out=-1.0)
     live = chat.estimate(['x' * 400] * 1000, True, 100, grade.SimpleNamespace(**vars(c), batch=False))

@@ -270,7 +270,7 @@ class ChatEndpoint:
                         raise
                     except ValueError:
                         problem = 'the server sent a reply that is not a Chat Completions response'
-                elif r.status_code == 400 and refused_field(r.content) in set(body) - self.refused:
+                elif r.status_code == 400 and refused_field(r.content) in body:  # the next body leaves it out
                     self.refused.add(refused_field(r.content))
                     continue
                 else:

@@ -50,9 +50,15 @@ def read_parts(folder):
     return parts
 
 
-def fresh(folder, todo, ident):
+def holds(p, c):
+    """Whether part p holds its requests for this run: a batch's (made, or perhaps made), or any part with --batch
+    (a part not yet uploaded is uploaded). A run without --batch sends the requests of a part never made live."""
+    return c.batch or 'batch_id' in p or 'creating' in p
+
+
+def fresh(folder, todo, ident, c):
     """The items of todo that no batch holds: what a run has yet to pay for."""
-    held = {i for p in read_parts(folder).values() for i in p['custom_ids']}
+    held = {i for p in read_parts(folder).values() if holds(p, c) for i in p['custom_ids']}
     return [it for it in todo if ident(it) not in held]
 
 
@@ -66,7 +72,7 @@ def run(endpoint, todo, ident, request, job, log_path, folder, c, words):
     state = os.path.join(folder, 'state.jsonl')
     parts = read_parts(folder)
     def lines():  # one at a time: 28,000 requests with their pictures are about a gigabyte
-        for item in fresh(folder, todo, ident) if c.batch else []:
+        for item in fresh(folder, todo, ident, c) if c.batch else []:
             try:
                 body = endpoint.body(**request(item))
             except UserError:
@@ -75,7 +81,7 @@ def run(endpoint, todo, ident, request, job, log_path, folder, c, words):
     for k, ids in write_parts(folder, lines(), max(parts, default=-1) + 1):
         record(state, parts, {'part': k, 'custom_ids': ids})
     wanted = {ident(it) for it in todo}
-    live = [k for k, p in sorted(parts.items()) if wanted & set(p['custom_ids'])]
+    live = [k for k, p in sorted(parts.items()) if wanted & set(p['custom_ids']) and holds(p, c)]
     if not c.batch and live:
         print(f'{len(wanted & {i for k in live for i in parts[k]["custom_ids"]}):,} of these requests are in a batch '
               f'({folder}): its replies are collected, not paid for again')

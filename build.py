@@ -143,7 +143,7 @@ def describe_all(items, out_dir, c):
     done = {r['id'] for r in read_log(log_path, check=build_log)}
     todo = [it for it in items if it['id'] not in done]
     folder = os.path.join(out_dir, 'batch')  # --batch's files and steps (batch.py)
-    new = batch.fresh(folder, todo, ident)
+    new = batch.fresh(folder, todo, ident, c)
     if not todo:
         return True
     if new:

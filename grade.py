@@ -195,7 +195,7 @@ def grade_all(records, c):
     todo = {key: r for path, rs in records.items() for key, r in zip(keys[path], rs) if key not in cache}
     total = sum(map(len, records.values()))
     folder = c.cache + '.batch'  # --batch's files and steps (batch.py)
-    new = dict(batch.fresh(folder, list(todo.items()), lambda item: item[0]))
+    new = dict(batch.fresh(folder, list(todo.items()), lambda item: item[0], c))
     if not todo:
         print(f'all {total:,} grades are in {c.cache}: nothing to send')
     else:

@@ -155,9 +155,9 @@ def wait(api, parts, pending, state, c):
     while pending:
         for k in pending:
             batches[k] = api.call('GET', f"/batches/{parts[k]['batch_id']}")
-        counts = [b.get('request_counts') or {} for b in batches.values()]
-        done, failed, total = (sum(int(n.get(w) or 0) for n in counts) for w in ('completed', 'failed', 'total'))
-        began = min(float(b.get('created_at') or time.time()) for b in batches.values())
+        counts = [b['request_counts'] if isinstance(b.get('request_counts'), dict) else {} for b in batches.values()]
+        done, failed, total = (sum(int(number(n.get(w))) for n in counts) for w in ('completed', 'failed', 'total'))
+        began = min(number(b.get('created_at')) or time.time() for b in batches.values())
         status = ', '.join(sorted({str(b.get('status')) for b in batches.values()}))
         elapsed = int(time.time() - began)
         progress(f'batch {status}: {done:,} of {total:,} requests done, {failed:,} failed | '
@@ -168,16 +168,25 @@ def wait(api, parts, pending, state, c):
                 if b.get(key):
                     api.download(b[key], os.path.join(api.folder, f'{name}-{k}.jsonl'))
             if b['status'] != 'completed':
-                said = ((b.get('errors') or {}).get('data') or [{}])[0].get('message')
-                print(f"\nbatch {parts[k]['batch_id']} {b['status']}" + (f' ({said})' if said else '') +
-                      f"; the {int((b.get('request_counts') or {}).get('completed') or 0):,} replies it finished are "
-                      'kept, the rest go out live')
+                errors = b['errors'].get('data') if isinstance(b.get('errors'), dict) else None
+                said = errors[0].get('message') if isinstance(errors, list) and errors and isinstance(errors[0], dict) else None
+                finished = len(replies(os.path.join(api.folder, f'output-{k}.jsonl'), set(parts[k]['custom_ids'])))
+                print(f"\nbatch {parts[k]['batch_id']} {b['status']}" + (f' ({str(said)[:200]})' if said else '') +
+                      f'; the {finished:,} replies it finished are kept, the rest go out live')
             record(state, parts, {'part': k, 'status': b['status']})
             pending.remove(k)
         if pending:
             time.sleep(c.batch_poll)
     if batches:
         progress('batches over', last=True)
+
+
+def number(x):
+    """A number the server sent, or 0 where it sent something else."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def replies(path, wanted):
@@ -221,9 +230,12 @@ class Api:
             else:
                 if r.status_code == 200:
                     try:
-                        return r if write else loads(r.content)
+                        reply = r if write else loads(r.content)
                     except ValueError:
-                        problem = f'{self.base + path} sent a reply that is not JSON'
+                        reply = None
+                    if write or isinstance(reply, dict):
+                        return reply
+                    problem = f'{self.base + path} sent a reply that is not a JSON object'
                 elif r.status_code == 429 or r.status_code >= 500:
                     problem, wait = f'HTTP {r.status_code} from {self.base + path}', chat._retry_after(r) or wait
                 else:

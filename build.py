@@ -17,6 +17,10 @@ sample.py and grade.py read like any other. The chat model is reached through ch
     python build.py --dataset=coco --n=28000 --with_image   # GPT-4o also sees the photo, not only the captions
     python build.py --dataset=folder --images=~/photos --base_url=http://localhost:8000/v1 --model=qwen2.5-vl
     python build.py --dataset=jsonl --path=mine.jsonl       # {"image": "a.jpg", "short": "...", "long": "..."}
+    python build.py --dataset=coco --n=28000 --batch        # the same as Batch API jobs: half the price, within 24 hours
+
+With --batch the requests go as OpenAI Batch API jobs (batch.py), their steps kept in OUT/batch: a rerun of the same
+command finds its batches and never sends a request twice; a reply that failed or broke the rules goes back out live.
 """
 import contextlib
 import hashlib
@@ -32,6 +36,7 @@ from types import SimpleNamespace
 import requests
 from PIL import Image
 
+import batch
 import chat
 from cli import UserError, disk_full, hold, inside, let_go, parse_flags, run_cli, write_failed
 from data import add_beginnings, loads, open_image, read_jsonl, read_log, write_jsonl
@@ -112,13 +117,20 @@ def user_message(item, out_dir, c):
     return {'role': 'user', 'content': parts}
 
 
-def describe_image(endpoint, item, out_dir, c):
-    """The build record of one image: its two descriptions, or why it was skipped; with the tokens it took."""
+def request(item, out_dir, c):
+    """What is asked about one item (chat.ChatEndpoint.ask's arguments); a UserError if its picture cannot be read."""
+    return dict(messages=[{'role': 'system', 'content': SYSTEM_PROMPT}, user_message(item, out_dir, c)],
+                response_format=DESCRIPTIONS_FORMAT)
+
+
+def describe_image(endpoint, item, out_dir, c, first=None):
+    """The build record of one image: its two descriptions, or why it was skipped; with the tokens it took. first:
+    its reply from a batch, if one came."""
     try:
-        messages = [{'role': 'system', 'content': SYSTEM_PROMPT}, user_message(item, out_dir, c)]
+        asked = request(item, out_dir, c)
     except UserError as e:  # the picture cannot be read: no request is sent
         return item | {'skipped': str(e), 'usage': {'prompt_tokens': 0, 'completion_tokens': 0}}
-    texts, problem, usage = endpoint.ask(messages, check_descriptions, DESCRIPTIONS_FORMAT, c.max_attempts)
+    texts, problem, usage = endpoint.ask(check=check_descriptions, max_attempts=c.max_attempts, first=first, **asked)
     return item | (texts or {'skipped': problem}) | {'usage': usage}
 
 
@@ -130,15 +142,28 @@ def describe_all(items, out_dir, c):
     log_path = os.path.join(out_dir, 'build.jsonl')
     done = {r['id'] for r in read_log(log_path, check=build_log)}
     todo = [it for it in items if it['id'] not in done]
+    folder = os.path.join(out_dir, 'batch')  # --batch's files and steps (batch.py)
+    new = batch.fresh(folder, todo, ident, c)
     if not todo:
         return True
-    plan = chat.estimate([SYSTEM_PROMPT + request_text(it) for it in todo], c.with_image or not todo[0].get('captions'), 170, c)
-    if not chat.confirm(('' if not done else f'{len(done):,} images are already done; ') + plan, c):
-        return False
+    if new:
+        plan = chat.estimate([SYSTEM_PROMPT + request_text(it) for it in new], c.with_image or not new[0].get('captions'),
+                             170, c)
+        if not chat.confirm(('' if not done else f'{len(done):,} images are already done; ') + plan, c):
+            return False
     endpoint = chat.ChatEndpoint(c.base_url, c.model, c.timeout, c.max_retries)
-    chat.run_jobs(endpoint, todo, lambda item: describe_image(endpoint, item, out_dir, c), log_path, c,
-                  ('described', 'images', 'skipped'))
+    words = ('described', 'images', 'skipped')
+    if c.batch or len(new) < len(todo):  # a batch holds some: they are collected, not sent again
+        batch.run(endpoint, todo, ident, lambda item: request(item, out_dir, c),
+                  lambda item, first: describe_image(endpoint, item, out_dir, c, first), log_path, folder, c, words)
+    else:
+        chat.run_jobs(endpoint, todo, lambda item: describe_image(endpoint, item, out_dir, c), log_path, c, words)
     return True
+
+
+def ident(item):
+    """An item's custom_id in a batch."""
+    return str(item['id'])
 
 
 def build_log(records):

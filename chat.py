@@ -1,6 +1,6 @@
 """
 One client for any OpenAI-compatible Chat Completions server, shared by build.py (writing descriptions) and
-grade.py (grading them): GPT-4o as in the paper, or a local open model.
+grade.py (grading them): GPT-4o as in the paper, a reasoning model, or a local open model; batch.py sends the same.
 
 Calls to a paid API cost money and fail in many ways, so this file is about never paying twice and never losing
 what was paid for. In order:
@@ -47,8 +47,10 @@ FLAGS = dict(
     price_in=-1.0,          # USD per million input tokens, for the estimate (-1: the known price of --model)
     price_out=-1.0,         # USD per million output tokens
     yes=False,              # start spending without asking
+    batch=False,            # send the requests as Batch API jobs (batch.py): half the price, replies within 24 hours; a reply that failed or broke the rules goes back out live
+    batch_poll=60.0,        # with --batch: seconds between looks at a batch's progress
 )
-MINIMUM = {'workers': 1, 'max_attempts': 1, 'max_retries': 0, 'timeout': '>0'}  # impossible values of FLAGS
+MINIMUM = {'workers': 1, 'max_attempts': 1, 'max_retries': 0, 'timeout': '>0', 'batch_poll': '>0'}  # impossible values of FLAGS
 
 # -----------------------------------------------------------------------------
 # 2. The endpoint. Faults split three ways: a request the server turned down is that image's problem (RequestFailed:
@@ -165,6 +167,38 @@ def fetch(method, url, timeout, max_bytes=MAX_REPLY, write=None, stall=None, **k
         _request.watch = None
 
 
+REASONING = ('o1', 'o3', 'o4', 'gpt-5')  # OpenAI's reasoning models (by name): they take max_completion_tokens, no temperature
+REASONING_TOKENS = 4000  # room a reasoning model gets to think on top of its reply (without it the reply can be empty)
+
+
+def refused_field(content):
+    """The body field a 400 says the model does not take: 'max_tokens' or 'temperature' (OpenAI's reasoning
+    models' answer, code 'unsupported_parameter' or 'unsupported_value'), else None."""
+    try:
+        error = loads(content).get('error') or {}
+        known = error.get('code') in ('unsupported_parameter', 'unsupported_value')
+        return error['param'] if known and error.get('param') in ('max_tokens', 'temperature') else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def read_reply(content):
+    """The text and token usage of a Chat Completions response (bytes or its parsed JSON). ValueError if it is not
+    one; RequestFailed if the model refused (structured outputs' way to say no)."""
+    try:
+        reply = loads(content) if isinstance(content, (bytes, str)) else content
+        message = reply['choices'][0]['message']
+        used = reply.get('usage') or {}
+        usage = {k: int(used.get(k) or 0) for k in ('prompt_tokens', 'completion_tokens')}
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise ValueError('not a Chat Completions response') from None
+    if isinstance(message, dict) and message.get('refusal'):
+        raise RequestFailed(f"the model refused: {message['refusal']}")
+    if not isinstance(message, dict) or not isinstance(message.get('content'), str):
+        raise ValueError('not a Chat Completions response')
+    return message['content'], usage
+
+
 class RequestFailed(Exception):
     """The server turned this one request down (a 4xx other than a key, quota or model fault)."""
 
@@ -187,23 +221,36 @@ class ChatEndpoint:
                   'anyone on the way can read; use an https:// --base_url', file=sys.stderr)
         self.stop = threading.Event()  # set to make every waiting request give up: Ctrl-C, or a fatal fault
         self.answered = False  # until the server has answered once, a request it turns down stops the run
+        self.refused = {'max_tokens', 'temperature'} if model.startswith(REASONING) else set()  # fields the model
+        # refuses, known or learnt from the server's 400 (complete); the bodies of the rest of the run leave them out
 
     def redact(self, text):
         """Text safe to print or store: the API key never appears in logs, errors or files."""
         return text.replace(self.key, '[OPENAI_API_KEY]') if self.key else text
 
-    def complete(self, messages, response_format=None, max_tokens=600, temperature=None):
-        """The reply's text and its token usage {'prompt_tokens', 'completion_tokens'}."""
-        body = {'model': self.model, 'messages': messages, 'max_tokens': max_tokens}
+    def body(self, messages, response_format=None, max_tokens=600, temperature=None):
+        """The JSON body of one request, as this model takes it: the live path and a Batch API line send the same."""
+        body = {'model': self.model, 'messages': messages}
+        if 'max_tokens' in self.refused:  # a reasoning model: its thinking counts against the limit too
+            body['max_completion_tokens'] = max_tokens + REASONING_TOKENS
+        else:
+            body['max_tokens'] = max_tokens
         if response_format:
             body['response_format'] = response_format
-        if temperature is not None:
+        if temperature is not None and 'temperature' not in self.refused:
             body['temperature'] = temperature
-        headers = {'Authorization': f'Bearer {self.key}'} if self.key else {}
-        for attempt in range(self.max_retries + 1):
+        return body
+
+    def complete(self, messages, response_format=None, max_tokens=600, temperature=None):
+        """The reply's text and its token usage {'prompt_tokens', 'completion_tokens'}. A field the model refuses
+        (a 400 'unsupported_parameter' or 'unsupported_value' naming max_tokens or temperature, as OpenAI's reasoning
+        models answer) is remembered for the run and the request sent again at once without it: a 400 costs nothing."""
+        headers, attempt = {'Authorization': f'Bearer {self.key}'} if self.key else {}, 0
+        while True:
             if self.stop.is_set():
                 raise Stopped
             wait = min(60.0, BACKOFF * 2 ** attempt)
+            body = self.body(messages, response_format, max_tokens, temperature)
             try:
                 r = fetch('POST', self.url, self.timeout, json=body, headers=headers)
             except requests.Timeout:
@@ -215,34 +262,38 @@ class ChatEndpoint:
             else:
                 if r.status_code == 200:
                     try:
-                        reply = loads(r.content)
-                        message = reply['choices'][0]['message']
-                        used = reply.get('usage') or {}
-                        usage = {k: int(used.get(k) or 0) for k in ('prompt_tokens', 'completion_tokens')}
-                    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-                        message = None
-                    self.answered = self.answered or isinstance(message, dict)
-                    if isinstance(message, dict) and message.get('refusal'):  # structured outputs' way to say no
-                        raise RequestFailed(f"the model refused: {message['refusal']}")
-                    if isinstance(message, dict) and isinstance(message.get('content'), str):
-                        return message['content'], usage
-                    problem = 'the server sent a reply that is not a Chat Completions response'
+                        text, usage = read_reply(r.content)
+                        self.answered = True
+                        return text, usage
+                    except RequestFailed:  # a refusal is an answer too
+                        self.answered = True
+                        raise
+                    except ValueError:
+                        problem = 'the server sent a reply that is not a Chat Completions response'
+                elif r.status_code == 400 and refused_field(r.content) in body:  # the next body leaves it out
+                    self.refused.add(refused_field(r.content))
+                    continue
                 else:
                     problem = self._fault(r)
                     wait = _retry_after(r) or wait
-            if attempt < self.max_retries:
-                self.stop.wait(wait)
-        raise UserError(f'{problem}, {self.max_retries + 1} times in a row; finished work is saved: '
-                        'run the same command again to go on')
+            if attempt == self.max_retries:
+                raise UserError(f'{problem}, {self.max_retries + 1} times in a row; finished work is saved: '
+                                'run the same command again to go on')
+            attempt += 1
+            self.stop.wait(wait)
 
-    def ask(self, messages, check, response_format=None, max_attempts=3, temperature=None):
+    def ask(self, messages, check, response_format=None, max_attempts=3, temperature=None, first=None):
         """Ask until a reply passes check(reply) -> (value, None) or (None, what is wrong). A reply that fails is sent
         back with what is wrong, up to max_attempts replies. Returns (value, None, usage) or (None, why, usage); a
-        request the server turns down (RequestFailed) ends the asking with that as the why."""
+        request the server turns down (RequestFailed) ends the asking with that as the why. first: a first reply paid
+        for already (a batch's: (text, usage), or the RequestFailed it was)."""
         usage = {'prompt_tokens': 0, 'completion_tokens': 0}
         for attempt in range(max_attempts):
             try:
-                reply, used = self.complete(messages, response_format, temperature=temperature)
+                if attempt == 0 and isinstance(first, RequestFailed):
+                    raise first
+                reply, used = first if attempt == 0 and first else \
+                    self.complete(messages, response_format, temperature=temperature)
             except RequestFailed as e:
                 return None, f'the server turned the request down: {e}', usage
             usage = {k: usage[k] + used[k] for k in usage}
@@ -354,8 +405,9 @@ PRICES = {  # USD per million input and output tokens, OpenAI's list prices in 2
 
 
 def price(c):
-    """USD per million (input, output) tokens for c.model, or None if unknown."""
-    return (c.price_in, c.price_out) if c.price_in >= 0 and c.price_out >= 0 else PRICES.get(c.model)
+    """USD per million (input, output) tokens for c.model, or None if unknown: half the list price with --batch."""
+    listed = tuple(p / (1 + c.batch) for p in PRICES[c.model]) if c.model in PRICES else None
+    return (c.price_in, c.price_out) if c.price_in >= 0 and c.price_out >= 0 else listed
 
 
 def spent(usage, c):
@@ -385,8 +437,9 @@ def estimate(texts, with_image, reply_tokens, c):
     p = price(c)
     dollars = f'about ${(tokens_in * p[0] + tokens_out * p[1]) / 1e6:,.2f} at ${p[0]:g} in and ${p[1]:g} out per ' \
               'million tokens' if p else f'cost unknown: no price for {c.model} (set --price_in and --price_out)'
-    return f'{len(texts):,} requests to {c.model} at {c.base_url}: about {tokens_in / 1e6:.2f}M input and ' \
-           f'{tokens_out / 1e6:.2f}M output tokens, {dollars}'
+    return f'{len(texts):,} requests to {c.model} at {c.base_url}' + (' as Batch API jobs' if c.batch else '') + \
+        f': about {tokens_in / 1e6:.2f}M input and {tokens_out / 1e6:.2f}M output tokens, {dollars}' + \
+        ('; the replies come within 24 hours (the batch window)' if c.batch else '')
 
 
 # -----------------------------------------------------------------------------

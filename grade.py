@@ -23,6 +23,10 @@ score is shown as its mean and 95% confidence interval; --json=FILE writes the s
              against its nearest training description of the same style: precision (how much of what it wrote
              follows a training text in order), recall and F1; and how many texts are a training description word
              for word. The training text is the train.jsonl beside the file sample.py read (or --train=FILE).
+
+With --judge=gpt --batch the texts are graded as OpenAI Batch API jobs (batch.py): half the price, within 24 hours,
+the steps kept in CACHE.batch so that a rerun finds its batches and never pays twice; a grade that failed or broke
+the rules is asked again live.
 """
 import hashlib
 import json
@@ -34,6 +38,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+import batch
 import chat
 import data
 from cli import UserError, hold, let_go, parse_flags, run_cli, write_file
@@ -189,29 +194,38 @@ def grade_all(records, c):
     keys = {path: [grade_key(r, c) for r in rs] for path, rs in records.items()}
     todo = {key: r for path, rs in records.items() for key, r in zip(keys[path], rs) if key not in cache}
     total = sum(map(len, records.values()))
+    folder = c.cache + '.batch'  # --batch's files and steps (batch.py)
+    new = dict(batch.fresh(folder, list(todo.items()), lambda item: item[0], c))
     if not todo:
         print(f'all {total:,} grades are in {c.cache}: nothing to send')
     else:
         system = GRADER_PROMPT.format(picture=PICTURE_SCORE if c.with_image else '')
-        plan = chat.estimate([system + grade_text(r) for r in todo.values()], c.with_image, 120, c)
-        if not chat.confirm(f'{len(todo):,} texts to grade ({total - len(todo):,} are in {c.cache}): {plan}', c):
+        plan = chat.estimate([system + grade_text(r) for r in new.values()], c.with_image, 120, c)
+        if new and not chat.confirm(f'{len(todo):,} texts to grade ({total - len(todo):,} are in {c.cache}): {plan}', c):
             return None
         endpoint = chat.ChatEndpoint(c.base_url, c.model, c.timeout, c.max_retries)
         names, response_format = score_names(c.with_image), grade_format(c.with_image)
 
-        def grade_one(item):
+        def request(item):
+            return dict(messages=grade_messages(item[1], c.with_image), response_format=response_format, temperature=0)
+
+        def grade_one(item, first=None):
             key, record = item
             try:
-                messages = grade_messages(record, c.with_image)
+                asked = request(item)
             except UserError as e:  # the picture cannot be read: nothing is sent, the others are graded
                 return {'key': key, 'id': record.get('id'), 'failed': str(e),
                         'usage': {'prompt_tokens': 0, 'completion_tokens': 0}}
-            scores, problem, usage = endpoint.ask(messages, lambda reply: check_grade(reply, names), response_format,
-                                                  c.max_attempts, temperature=0)
+            scores, problem, usage = endpoint.ask(check=lambda reply: check_grade(reply, names),
+                                                  max_attempts=c.max_attempts, first=first, **asked)
             return {'key': key, 'id': record.get('id'), **({'scores': scores} if scores else {'failed': problem}),
                     'usage': usage}
 
-        chat.run_jobs(endpoint, list(todo.items()), grade_one, c.cache, c, ('graded', 'texts', 'failed'))
+        words = ('graded', 'texts', 'failed')
+        if c.batch or len(new) < len(todo):  # a batch holds some: they are collected, not sent again
+            batch.run(endpoint, list(todo.items()), lambda item: item[0], request, grade_one, c.cache, folder, c, words)
+        else:
+            chat.run_jobs(endpoint, list(todo.items()), grade_one, c.cache, c, words)
         cache = cached_grades(c.cache)
     results = {}
     for path, rs in records.items():

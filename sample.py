@@ -24,11 +24,15 @@ prompt included, reference the record's own description in that style, and datas
 grade.py finds the training text). The record's "scene", if it has one, is copied so that grade.py can check the
 text against the picture. Each batch is appended to --out as it is done, so an interrupted run keeps what it made
 and the same command again describes only the rest (delete --out to describe everything again); a picture that
-cannot be read is said and skipped. --task=complete is the paper's test: each record of a test.jsonl is completed
+cannot be read is said and skipped. Each record also names the checkpoint that wrote it ("model": the SHA-256 of
+ckpt.pt) and how ("sampling": task, style, temperature, top_k, max_new_tokens, seed), and a rerun goes on only with
+the same of both: another checkpoint or other settings into the same --out stop in one line, the file untouched, so
+one file never holds two models' descriptions for grade.py to score as one. --task=complete is the paper's test: each record of a test.jsonl is completed
 from its own beginning (its "prompts", 6-7 words short, 18-20 long):
 
     python sample.py --out_dir=out-tiny --jsonl=data/picturebook/test.jsonl --task=complete --style=long --out=long.jsonl
 """
+import hashlib
 import os
 from itertools import groupby
 
@@ -89,7 +93,7 @@ def main(argv):
     if f['jsonl']:
         lock = hold(f['out'] + '.lock', f['out'], 'another sample.py', 'give it another --out')
         try:
-            describe_file(model, tokenizer, f, opts)
+            describe_file(model, tokenizer, f, opts, file_sha256(os.path.join(f['out_dir'], 'ckpt.pt')))
         finally:
             let_go(lock)
         if f['sheet']:
@@ -112,9 +116,10 @@ def main(argv):
         pictures.attention_picture(model, tokenizer, image, text, f['attention'], style=style)
 
 
-def describe_file(model, tokenizer, f, opts):
+def describe_file(model, tokenizer, f, opts, model_id):
     """Describe the records of f['jsonl'] that f['out'] does not hold yet, appending each batch to it as it is done;
-    a picture that cannot be read is said and skipped. Then f['out'] is put in the input's order."""
+    a picture that cannot be read is said and skipped. Then f['out'] is put in the input's order. model_id: the
+    checkpoint's SHA-256; f['out'] made by another checkpoint or with other sampling settings is refused as it is."""
     records = data.read_jsonl(f['jsonl'], unique_ids=True)[:f['n'] or None]
     missing = [r.get('id') for r in records if not r.get('image')]
     if missing:
@@ -129,7 +134,10 @@ def describe_file(model, tokenizer, f, opts):
     prompts = [r['prompts'][f['style']] if f['task'] == 'complete' else f['prompt'] for r in records]
     keys = [key({'id': r.get('id', path), 'style': f['style'], 'prompt': prompt})
             for r, path, prompt in zip(records, paths, prompts)]
-    done = {key(m) for m in made_before(f['out'])}  # an earlier run's descriptions are not made again
+    sampling = {k: f[k] for k in SAMPLING}
+    made = made_before(f['out'])
+    same_run(made, model_id, sampling, f['out'])
+    done = {key(m) for m in made}  # an earlier run's descriptions are not made again
     todo = [i for i, k in enumerate(keys) if k not in done]
     if len(todo) < len(records):
         print(f"{len(records) - len(todo):,} of {len(records):,} records are already described in {f['out']} "
@@ -155,7 +163,8 @@ def describe_file(model, tokenizer, f, opts):
         for i, text in zip(pictures, texts):
             r = records[i]
             rows.append({'id': r.get('id', paths[i]), 'image': paths[i], 'style': f['style'], 'prompt': prompts[i],
-                         'text': text, 'reference': r.get(f['style'], ''), 'dataset': root,
+                         'text': text, 'reference': r.get(f['style'], ''), 'dataset': root, 'model': model_id,
+                         'sampling': sampling,
                          **({'scene': r['scene']} if 'scene' in r else {})})
         data.append_jsonl(f['out'], rows, f'the {written:,} descriptions written before; a rerun describes only the rest')
         written += len(pictures)
@@ -191,6 +200,33 @@ def made_before(path):
         if any(not isinstance(m.get('text'), str) or 'style' not in m for m in made):
             raise UserError(f'{path} holds records that are not descriptions by sample.py; give another --out')
     return data.read_log(path, check=descriptions)
+
+
+SAMPLING = ('task', 'style', 'temperature', 'top_k', 'max_new_tokens', 'seed')  # what a description depends on besides the model
+
+
+def file_sha256(path):
+    """The SHA-256 of a file's bytes: which checkpoint wrote a description (a second or so for the paper's large)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def same_run(made, model_id, sampling, path):
+    """Refuse to add to descriptions made by another checkpoint or with other sampling settings (one line naming
+    the clash); path is left as it is."""
+    for m in made:
+        if m.get('model') != model_id:
+            by = f"checkpoint {m['model'][:12]}" if isinstance(m.get('model'), str) else 'a checkpoint it does not name'
+            raise UserError(f'{path} holds descriptions by {by}, not by this one ({model_id[:12]}, the SHA-256 of '
+                            'ckpt.pt): give another --out, or delete it to describe everything again')
+        if m.get('sampling') != sampling:
+            was = m.get('sampling') if isinstance(m.get('sampling'), dict) else {}
+            clash = ', '.join(f'--{k}={was.get(k)} there, {sampling[k]} now' for k in SAMPLING if was.get(k) != sampling[k])
+            raise UserError(f'{path} holds descriptions made with other settings ({clash}): give another --out, or '
+                            'the same settings to go on')
 
 
 def key(description):

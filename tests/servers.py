@@ -5,6 +5,7 @@ dataset folder and a picture that is also a Python program) and a Chat Completio
 replies and faults (hostile ones too: a huge reply, one that trickles in, deep JSON, a long error page). The code
 under test talks to them exactly as it talks to images.cocodataset.org and api.openai.com.
 """
+import email.parser
 import io
 import json
 import os
@@ -34,7 +35,7 @@ class Server:
         self.url = f'http://127.0.0.1:{self.httpd.server_address[1]}'
         self.log = []
         self.lock = threading.Lock()
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()  # close() waits a poll at most
 
     def close(self):
         self.httpd.shutdown()
@@ -130,6 +131,12 @@ def coco_server(**kw):
 # -----------------------------------------------------------------------------
 # Chat Completions: POST /v1/chat/completions
 
+def chat_reply(body, content):
+    return {'id': 'chatcmpl-test', 'object': 'chat.completion', 'model': body.get('model'),
+            'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': content}, 'finish_reason': 'stop'}],
+            'usage': {'prompt_tokens': 100, 'completion_tokens': 50, 'total_tokens': 150}}
+
+
 def descriptions(short=SHORT, long=LONG):
     return json.dumps({'short': short, 'long': long})
 
@@ -146,6 +153,14 @@ class ChatHandler(_Quiet):
             return self.error(404, 'Unknown endpoint', 'unknown_url')
         if key != server.key:
             return self.error(401, f'Incorrect API key provided: {key}.', 'invalid_api_key')
+        if 'max_tokens' in server.refuses and 'max_tokens' in body:  # as OpenAI's reasoning models answer
+            return self.error(400, "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                              "'max_completion_tokens' instead.", 'unsupported_parameter', param='max_tokens')
+        if 'temperature' in server.refuses and body.get('temperature', 1) != 1:
+            return self.error(400, f"Unsupported value: 'temperature' does not support {body['temperature']} with this "
+                              "model. Only the default (1) value is supported.", 'unsupported_value', param='temperature')
+        if 'max_completion_tokens' in server.refuses and 'max_completion_tokens' in body:  # a server that knows only max_tokens
+            return self.error(400, "Unrecognized request argument supplied: max_completion_tokens", 'invalid_request_error')
         time.sleep(server.delay)
         kind, arg = step if isinstance(step, tuple) else (step, None)
         if kind == 'sleep':  # longer than the client waits; the reply comes too late
@@ -182,14 +197,13 @@ class ChatHandler(_Quiet):
         if kind == 'refusal':  # how structured outputs decline
             message = {'role': 'assistant', 'content': None, 'refusal': "I'm sorry, I can't help with that."}
             return self.send(200, json.dumps({'choices': [{'index': 0, 'message': message}]}).encode())
+        if kind == 'answer':  # server.answer(body) says what
+            kind, arg = 'content', server.answer(body)
         content = {'good': descriptions(), 'fenced': f'```json\n{descriptions()}\n```',
                    'prose': f'Here are the descriptions you asked for:\n{descriptions()}\nI hope they help.',
                    'malformed': 'Sure! The short one: a dog runs. The long one: a dog runs and runs.',
                    'long': descriptions(short=TOO_LONG), 'content': arg}[kind]
-        reply = {'id': 'chatcmpl-test', 'object': 'chat.completion', 'model': body.get('model'),
-                 'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': content}, 'finish_reason': 'stop'}],
-                 'usage': {'prompt_tokens': 100, 'completion_tokens': 50, 'total_tokens': 150}}
-        self.send(200, json.dumps(reply).encode(), [('Content-Type', 'application/json')])
+        self.send(200, json.dumps(chat_reply(body, content)).encode(), [('Content-Type', 'application/json')])
 
     def stream(self, chunk, total, size):
         """A 200 without a length, chunk then spaces until total bytes are sent or the client hangs up."""
@@ -204,16 +218,126 @@ class ChatHandler(_Quiet):
         except OSError:
             pass
 
-    def error(self, status, message, code, headers=()):
-        body = {'error': {'message': message, 'type': code, 'code': code}}
+    def error(self, status, message, code, headers=(), param=None):
+        body = {'error': {'message': message, 'type': 'invalid_request_error' if status == 400 else code,
+                          'param': param, 'code': code}}
         self.send(status, json.dumps(body).encode(), [('Content-Type', 'application/json'), *headers])
 
 
-def chat_server(key='sk-test-0123456789', script=(), delay=0.0):
+def chat_server(key='sk-test-0123456789', script=(), delay=0.0, refuses=()):
     """A Chat Completions server that accepts `key`; each request takes the next step of `script` ('good',
     'fenced', 'prose', 'malformed', 'broken', 'refusal', 'long', ('429', seconds), 'quota', '400', '500', '503',
     'html502', ('sleep', seconds), ('content', text), and the hostile ('big', bytes), ('trickle', seconds a byte),
-    ('deep', depth), ('page', bytes)), then server.default ('good') once the script is spent."""
+    ('deep', depth), ('page', bytes)), then server.default ('good') once the script is spent. refuses: body fields
+    it turns down with a 400 ('max_tokens', 'temperature' as OpenAI's reasoning models do; 'max_completion_tokens' as
+    a server that knows only max_tokens), taking no step of the script."""
     server = Server(ChatHandler)
     server.key, server.script, server.delay, server.default = key, list(script), delay, 'good'
+    server.refuses = set(refuses)
+    return server
+
+
+# -----------------------------------------------------------------------------
+# OpenAI's Files and Batches endpoints, beside Chat Completions: POST /v1/files, POST /v1/batches, GET /v1/batches,
+# GET /v1/batches/ID, GET /v1/files/ID/content, with the objects of OpenAI's API reference.
+
+class BatchHandler(ChatHandler):
+    def do_POST(self):
+        server = self.server.owner
+        if self.path == '/v1/chat/completions':
+            return super().do_POST()
+        if (self.headers.get('Authorization') or '') != f'Bearer {server.key}':
+            return self.error(401, 'Incorrect API key provided.', 'invalid_api_key')
+        raw = self.rfile.read(int(self.headers['Content-Length']))
+        with server.lock:
+            if self.path == '/v1/files':  # multipart/form-data: purpose, and the file
+                form = email.parser.BytesParser().parsebytes(
+                    b'Content-Type: ' + self.headers['Content-Type'].encode() + b'\r\n\r\n' + raw)
+                fields = {p.get_param('name', header='content-disposition'): p for p in form.get_payload()}
+                content = fields['file'].get_payload(decode=True)
+                made = {'id': f'file-{len(server.files)}', 'object': 'file', 'bytes': len(content),
+                        'created_at': int(time.time()), 'filename': fields['file'].get_filename(),
+                        'purpose': fields['purpose'].get_payload(decode=True).decode()}
+                server.files[made['id']] = content
+                server.uploads.append({'form': sorted(fields), 'file': made,
+                                       'content_type': self.headers['Content-Type'].split(';')[0]})
+                event = 'upload'
+            elif self.path == '/v1/batches':
+                asked = json.loads(raw)
+                made = {'id': f'batch_{len(server.batches)}', 'object': 'batch', 'endpoint': asked['endpoint'],
+                        'errors': None, 'input_file_id': asked['input_file_id'],
+                        'completion_window': asked['completion_window'], 'status': 'validating', 'output_file_id': None,
+                        'error_file_id': None, 'created_at': int(time.time()), 'request_counts':
+                        {'total': 0, 'completed': 0, 'failed': 0}, 'metadata': None, 'asked': asked}
+                server.batches[made['id']] = made
+                event = 'create'
+            else:
+                return self.error(404, 'Unknown endpoint', 'unknown_url')
+        server.hook(event)
+        self.send(200, json.dumps({k: v for k, v in made.items() if k != 'asked'}).encode())
+
+    def do_GET(self):
+        server = self.server.owner
+        if (self.headers.get('Authorization') or '') != f'Bearer {server.key}':
+            return self.error(401, 'Incorrect API key provided.', 'invalid_api_key')
+        path = self.path.split('?')[0]
+        with server.lock:
+            if path == '/v1/batches':
+                listed = [{k: v for k, v in b.items() if k != 'asked'} for b in reversed(server.batches.values())]
+                reply, event = {'object': 'list', 'data': listed, 'first_id': listed[0]['id'] if listed else None,
+                                'last_id': listed[-1]['id'] if listed else None, 'has_more': False}, 'list'
+            elif path.startswith('/v1/batches/') and path[12:] in server.batches:
+                reply, event = {k: v for k, v in self.advance(server, server.batches[path[12:]]).items() if k != 'asked'}, 'poll'
+            elif path.startswith('/v1/files/') and path.endswith('/content') and path[10:-8] in server.files:
+                reply, event = server.files[path[10:-8]], 'download'
+            else:
+                return self.error(404, f'No such object: {path}', 'not_found')
+        server.hook(event)
+        self.send(200, reply if isinstance(reply, bytes) else json.dumps(reply).encode())
+
+    def advance(self, server, b):
+        """Each look moves a batch on: validating, in_progress (server.step requests a look), finalizing, completed
+        (or expired after server.expire requests), its output and error files written."""
+        lines = [json.loads(x) for x in server.files[b['input_file_id']].splitlines()]
+        counts = b['request_counts']
+        if b['status'] == 'validating':
+            b['status'], counts['total'] = 'in_progress', len(lines)
+        elif b['status'] == 'in_progress':
+            counts['completed'] = min(len(lines), server.expire, counts['completed'] + server.step)
+            if counts['completed'] == min(len(lines), server.expire):
+                b['status'] = 'finalizing'
+        elif b['status'] == 'finalizing':
+            out, errors = [], []
+            for n, line in enumerate(lines):
+                result = {'id': f'batch_req_{b["id"]}_{n}', 'custom_id': line['custom_id'], 'response': None, 'error': None}
+                if n >= server.expire:
+                    errors.append(result | {'error': {'code': 'batch_expired', 'message': 'This request could not be '
+                                                      'executed before the completion window expired.'}})
+                elif line['custom_id'] in server.fail:
+                    errors.append(result | {'response': {'status_code': 500, 'request_id': f'req_{n}', 'body': {
+                        'error': {'message': 'The server had an error.', 'type': 'server_error', 'code': None}}}})
+                else:
+                    server.seen.append(line)
+                    out.append(result | {'response': {'status_code': 200, 'request_id': f'req_{n}',
+                                                      'body': chat_reply(line['body'], server.answer(line['body']))}})
+            counts['failed'] = len(errors) - max(0, len(lines) - server.expire)
+            counts['completed'] = len(out)
+            for name, results in (('output_file_id', out), ('error_file_id', errors)):
+                if results:
+                    b[name] = f'file-{len(server.files)}'
+                    server.files[b[name]] = ''.join(json.dumps(r) + '\n' for r in results).encode()
+            b['status'] = 'expired' if len(lines) > server.expire else 'completed'
+        return b
+
+
+def batch_server(answer, key='sk-test-0123456789', step=20, expire=10 ** 9, fail=()):
+    """Chat Completions, Files and Batches on one server: answer(body) -> the reply's content for a chat request
+    (live or a batch's line); a batch completes step requests a look, expires after its first expire, and its lines
+    whose custom_id is in fail end in the error file with a 500. server.hook(event) is called just before each
+    reply of an 'upload', 'create', 'list', 'poll' or 'download'; server.batches, server.uploads, server.files,
+    server.seen (the batch lines answered) are what it was sent."""
+    server = chat_server(key=key)
+    server.httpd.RequestHandlerClass = BatchHandler
+    server.answer, server.default, server.step, server.expire, server.fail = answer, 'answer', step, expire, set(fail)
+    server.files, server.batches, server.uploads, server.seen, server.hook = {}, {}, [], [], lambda event: None
     return server

@@ -287,7 +287,7 @@ def test_declining_sends_nothing_and_an_unknown_price_is_said(tmp_path, coco, ap
 
 
 def test_the_estimate_follows_the_prices():
-    c = SimpleNamespace(model='gpt-4o', base_url='u', price_in=1.0, price_out=2.0)
+    c = SimpleNamespace(model='gpt-4o', base_url='u', price_in=1.0, price_out=2.0, batch=False)
     text = chat.estimate(['x' * 400] * 1000, False, 170, c)  # 100 tokens in, 170 out, 10% retried
     assert text == f'1,000 requests to gpt-4o at u: about 0.11M input and 0.19M output tokens, about ' \
                    f'${(1.1 * 1000 * 100 * 1.0 + 1.1 * 1000 * 170 * 2.0) / 1e6:,.2f} at $1 in and $2 out per million tokens'

@@ -6,6 +6,7 @@ model reads, an HTML error page from the API, and sample.py's output (never its 
 """
 import json
 import os
+import re
 import shutil
 import zipfile
 
@@ -202,6 +203,28 @@ def test_sample_goes_on_after_a_kill(trained, tmp_path, capsys):
     done = data.read_jsonl(out)
     assert [r['id'] for r in done] == [f'test-{i:05d}' for i in range(16)] and done[:5] == first
 
+
+
+def test_sample_never_mixes_two_models_or_two_settings_in_one_file(trained, tmp_path):
+    """The same --out from another checkpoint, or with another temperature, stops in one line naming the clash,
+    the file untouched; the same checkpoint and settings go on."""
+    out = str(tmp_path / 's.jsonl')
+    argv = [f'--jsonl={trained.data_dir}/test.jsonl', f'--out={out}', '--max_new_tokens=4', '--device=cpu']
+    sample.main([f'--out_dir={trained.out_dir}', *argv, '--n=2'])
+    before = open(out, 'rb').read()
+    other = tmp_path / 'other'
+    other.mkdir()
+    ckpt = torch.load(os.path.join(trained.out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)
+    torch.save({**ckpt, 'step': ckpt['step'] + 1}, other / 'ckpt.pt')  # another checkpoint: other bytes
+    first = sample.file_sha256(os.path.join(trained.out_dir, 'ckpt.pt'))[:12]
+    with pytest.raises(UserError, match=rf'^{re.escape(out)} holds descriptions by checkpoint {first}, not by this one '
+                                        rf'\(\w{{12}}, the SHA-256 of ckpt.pt\)'):
+        sample.main([f'--out_dir={other}', *argv])
+    with pytest.raises(UserError, match=r'made with other settings \(--temperature=0.7 there, 1.0 now\)'):
+        sample.main([f'--out_dir={trained.out_dir}', *argv, '--temperature=1.0'])
+    assert open(out, 'rb').read() == before
+    sample.main([f'--out_dir={trained.out_dir}', *argv, '--n=3'])
+    assert [r['id'] for r in data.read_jsonl(out)] == ['test-00000', 'test-00001', 'test-00002']
 
 # -----------------------------------------------------------------------------
 # The API's error pages

@@ -54,6 +54,25 @@ def gpt(tmp_path, api):
     return run
 
 
+@pytest.mark.parametrize('model, refuses', [('gpt-4o', {'max_tokens', 'temperature'}), ('o3', {'max_tokens', 'temperature'}),
+                                            ('my-local-model', {'max_completion_tokens'})])
+def test_reasoning_judges_get_the_body_they_take_and_local_servers_keep_theirs(tmp_path, api, gpt, model, refuses):
+    """A judge that answers 400 to max_tokens and temperature as OpenAI's reasoning models do grades 12 texts with
+    no failed grade: told once (or knowing the name), the run sends the body it takes, without paying twice; a
+    server that knows only max_tokens goes on getting it."""
+    api.refuses = refuses
+    results = gpt([samples(tmp_path / 'a.jsonl', 12, 'a')], f'--model={model}', '--workers=4')
+    assert (results[str(tmp_path / 'a.jsonl')]['n'], results[str(tmp_path / 'a.jsonl')]['failed']) == (12, 0)
+    graded = [e['body'] for e in api.log if not set(e['body']) & refuses and e['body'].get('temperature', 1) == 1
+              or 'max_completion_tokens' in refuses and 'max_completion_tokens' not in e['body']]
+    assert len(graded) == 12  # every text graded once
+    turned_down = len(api.log) - len(graded)
+    assert turned_down == {'gpt-4o': 2, 'o3': 0, 'my-local-model': 0}[model], api.log  # one 400 per field, once a run
+    if 'max_tokens' in refuses:
+        assert all(b['max_completion_tokens'] == 600 + chat.REASONING_TOKENS and 'temperature' not in b for b in graded)
+    else:
+        assert all(b['max_tokens'] == 600 and b['temperature'] == 0 for b in graded)
+
 def test_gpt_table_means_and_intervals_are_as_computed_by_hand(tmp_path, api, gpt, capsys):
     a, b = samples(tmp_path / 'a.jsonl', 3, 'a'), samples(tmp_path / 'b.jsonl', 3, 'b')
     missing_plot = {k: v for k, v in marks(5, 5, 5, 5, 5).items() if k != 'plot'}

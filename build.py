@@ -23,7 +23,6 @@ With --batch the requests go as OpenAI Batch API jobs (batch.py), their steps ke
 command finds its batches and never sends a request twice; a reply that failed or broke the rules goes back out live.
 """
 import contextlib
-import hashlib
 import os
 import random
 import re
@@ -38,7 +37,7 @@ from PIL import Image
 
 import batch
 import chat
-from cli import UserError, disk_full, hold, inside, let_go, parse_flags, run_cli, write_failed
+from cli import UserError, disk_full, file_hash, hold, inside, let_go, parse_flags, run_cli, write_failed
 from data import add_beginnings, loads, open_image, read_jsonl, read_log, write_jsonl
 from picturebook import LENGTHS, STYLES, sentence_count, word_count
 
@@ -270,14 +269,6 @@ def verify_image(path):
         return str(e)
 
 
-def file_md5(path):
-    digest = hashlib.md5()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_zip(path):
     """None if path is a whole zip archive (every member's checksum is right, and all of them unpack to at most
     4 x ANNOTATIONS_BYTES), else what is wrong with it."""
@@ -306,7 +297,7 @@ def coco_items(c, out_dir):
     md5 = ANNOTATIONS_MD5.get(urllib.parse.urlsplit(c.coco_url).hostname)
 
     def verify(path):
-        if md5 and file_md5(path) != md5:
+        if md5 and file_hash(path, 'md5') != md5:
             return f'it is not the archive COCO published (its MD5 is not {md5})'
         return verify_zip(path)
     try:

@@ -15,6 +15,7 @@ runs that would write the same place are kept apart by one lock (hold).
 import contextlib
 import difflib
 import errno
+import hashlib
 import os
 import re
 import sys
@@ -209,6 +210,15 @@ def let_go(lock):
         os.remove(lock.name)
     with contextlib.suppress(OSError):  # the process id it could not write on a full disk is not written now either
         lock.close()
+
+
+def file_hash(path, algorithm='sha256'):
+    """The hex digest of a file's bytes, read a MiB at a time (a checkpoint, a downloaded archive)."""
+    digest = hashlib.new(algorithm)
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def disk_full(e):

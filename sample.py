@@ -32,7 +32,6 @@ from its own beginning (its "prompts", 6-7 words short, 18-20 long):
 
     python sample.py --out_dir=out-tiny --jsonl=data/picturebook/test.jsonl --task=complete --style=long --out=long.jsonl
 """
-import hashlib
 import os
 from itertools import groupby
 
@@ -44,7 +43,7 @@ import grade
 import pictures
 import picturebook
 from checkpoint import load_checkpoint, model_from_checkpoint
-from cli import UserError, hold, let_go, parse_flags, pick_device, run_cli
+from cli import UserError, file_hash, hold, let_go, parse_flags, pick_device, run_cli
 from data import describe
 
 DEFAULTS = dict(
@@ -93,7 +92,7 @@ def main(argv):
     if f['jsonl']:
         lock = hold(f['out'] + '.lock', f['out'], 'another sample.py', 'give it another --out')
         try:
-            describe_file(model, tokenizer, f, opts, file_sha256(os.path.join(f['out_dir'], 'ckpt.pt')))
+            describe_file(model, tokenizer, f, opts, file_hash(os.path.join(f['out_dir'], 'ckpt.pt')))
         finally:
             let_go(lock)
         if f['sheet']:
@@ -203,15 +202,6 @@ def made_before(path):
 
 
 SAMPLING = ('task', 'style', 'temperature', 'top_k', 'max_new_tokens', 'seed')  # what a description depends on besides the model
-
-
-def file_sha256(path):
-    """The SHA-256 of a file's bytes: which checkpoint wrote a description (a second or so for the paper's large)."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def same_run(made, model_id, sampling, path):

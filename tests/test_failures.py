@@ -20,6 +20,7 @@ import chat
 import checkpoint
 import data
 import sample
+import cli
 from cli import UserError
 from servers import chat_server
 
@@ -216,7 +217,7 @@ def test_sample_never_mixes_two_models_or_two_settings_in_one_file(trained, tmp_
     other.mkdir()
     ckpt = torch.load(os.path.join(trained.out_dir, 'ckpt.pt'), map_location='cpu', weights_only=True)
     torch.save({**ckpt, 'step': ckpt['step'] + 1}, other / 'ckpt.pt')  # another checkpoint: other bytes
-    first = sample.file_sha256(os.path.join(trained.out_dir, 'ckpt.pt'))[:12]
+    first = cli.file_hash(os.path.join(trained.out_dir, 'ckpt.pt'))[:12]
     with pytest.raises(UserError, match=rf'^{re.escape(out)} holds descriptions by checkpoint {first}, not by this one '
                                         rf'\(\w{{12}}, the SHA-256 of ckpt.pt\)'):
         sample.main([f'--out_dir={other}', *argv])

@@ -28,6 +28,7 @@ target tokens of the whole global batch, and the connector's BatchNorm uses glob
 processes take exactly the steps one process would take on the union of their batches (a test checks it). A
 checkpoint saved by another number of processes resumes too, and the run says that it is no longer exact.
 """
+import gc
 import math
 import os
 import time
@@ -219,7 +220,9 @@ def train(c, given=()):
         del ckpt
         loop(c, r)
     finally:  # after an error too (a one-line one, or a full disk), without waiting for processes that may not come
-        if r.ddp:
+        if r.ddp:  # DDP's reducer holds the process group: let go of it first, while the interpreter is whole
+            r.run_model = r.eval_model = None
+            gc.collect()
             dist.destroy_process_group()
         if r.lock:
             r.lock.close()

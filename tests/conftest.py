@@ -23,6 +23,8 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+KEY = 'sk-test-0123456789'  # the API key the local Chat Completions servers of tests/servers.py want
+
 # The tiny model used everywhere (as train.py flags and as VLMConfig fields).
 TINY = dict(img_size=32, patch_size=8, enc_layer=1, enc_embd=32, enc_head=2, n_layer=2, n_head=2, n_embd=32)
 TRAIN_FLAGS = [f'--{k}={v}' for k, v in TINY.items()] + [
@@ -98,3 +100,16 @@ def train_flags():
 def tiny_fields():
     """The tiny model's VLMConfig fields, as given to train.py."""
     return dict(TINY)
+
+
+@pytest.fixture
+def api(monkeypatch):
+    """A local Chat Completions server (tests/servers.py) that wants KEY, the key set for the scripts, and retries
+    without the real exponential wait (Retry-After still rules)."""
+    import chat
+    from servers import chat_server
+    server = chat_server(key=KEY)
+    monkeypatch.setenv('OPENAI_API_KEY', KEY)
+    monkeypatch.setattr(chat, 'BACKOFF', 0.01)
+    yield server
+    server.close()

@@ -19,9 +19,9 @@ import chat
 import data
 import grade
 from cli import UserError
+from conftest import KEY
 from servers import TOO_LONG, batch_server, descriptions
 
-KEY = 'sk-test-0123456789'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -19,23 +19,13 @@ import build
 import chat
 import data
 from cli import UserError
-from servers import LONG, SHORT, chat_server, coco_server, descriptions
-
-KEY = 'sk-test-0123456789'
+from conftest import KEY
+from servers import LONG, SHORT, coco_server, descriptions
 
 
 @pytest.fixture
 def coco():
     server = coco_server()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def api(monkeypatch):
-    server = chat_server(key=KEY)
-    monkeypatch.setenv('OPENAI_API_KEY', KEY)
-    monkeypatch.setattr(chat, 'BACKOFF', 0.01)  # retries without the real exponential wait; Retry-After still rules
     yield server
     server.close()
 

@@ -11,15 +11,13 @@ import pytest
 from PIL import Image
 
 import build
-import chat
 import checkpoint
 import data
 import grade
 from cli import UserError
 from model import NanoVLM
-from servers import chat_server, coco_server
+from servers import coco_server
 
-KEY = 'sk-test-0123456789'
 FULL = 'the disk is full writing {} (kept: {}); free some space and run again'
 
 
@@ -98,15 +96,6 @@ def test_sampling_stops_in_one_line_and_a_rerun_goes_on(disk, trained, run_scrip
     assert [r['id'] for r in done] == [r['id'] for r in test]
     assert all(r in done for r in kept)  # what was made before is kept as it was, not made again
     assert sorted(os.listdir(disk)) == ['samples.jsonl']
-
-
-@pytest.fixture
-def api(monkeypatch):
-    server = chat_server(key=KEY)
-    monkeypatch.setenv('OPENAI_API_KEY', KEY)
-    monkeypatch.setattr(chat, 'BACKOFF', 0.01)
-    yield server
-    server.close()
 
 
 def test_building_stops_in_one_line_and_a_rerun_pays_only_for_what_was_lost(disk, tmp_path, api):

@@ -22,9 +22,8 @@ import data
 import sample
 import cli
 from cli import UserError
+from conftest import KEY
 from servers import chat_server
-
-KEY = 'sk-test-0123456789'
 
 
 # -----------------------------------------------------------------------------
@@ -203,7 +202,6 @@ def test_sample_goes_on_after_a_kill(trained, tmp_path, capsys):
     assert '5 of 16 records are already described' in capsys.readouterr().out
     done = data.read_jsonl(out)
     assert [r['id'] for r in done] == [f'test-{i:05d}' for i in range(16)] and done[:5] == first
-
 
 
 def test_sample_never_mixes_two_models_or_two_settings_in_one_file(trained, tmp_path):

@@ -18,20 +18,11 @@ import data
 import grade
 import cli
 from cli import UserError
-from servers import XBM_PYTHON, chat_server, coco_server
+from conftest import KEY
+from servers import XBM_PYTHON, coco_server
 
-KEY = 'sk-test-0123456789'
 GRADE = json.dumps({'assessment': 'Fine.', 'grammar': 7, 'consistency': 7, 'creativity': 7, 'meaningfulness': 7,
                     'plot': 7})
-
-
-@pytest.fixture
-def api(monkeypatch):
-    server = chat_server(key=KEY)
-    monkeypatch.setenv('OPENAI_API_KEY', KEY)
-    monkeypatch.setattr(chat, 'BACKOFF', 0.01)
-    yield server
-    server.close()
 
 
 def samples(path, n):

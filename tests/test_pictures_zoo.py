@@ -19,11 +19,10 @@ import build
 import data
 import sample
 from cli import UserError
-from servers import LONG, SHORT, chat_server
+from servers import LONG, SHORT
 
 pytestmark = pytest.mark.filterwarnings('ignore::PIL.Image.DecompressionBombWarning')  # pytest resets data.py's filter
 
-KEY = 'sk-test-0123456789'
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
 
@@ -211,14 +210,6 @@ def test_jsonl_build_keeps_every_readable_picture_and_says_each_skipped_one(zoo,
     assert len(said) == len(bad) and all(any(os.path.join(zoo[0], n) in line for line in said) for n in bad)
     kept = [r['id'] for s in ('train', 'val', 'test') for r in data.read_jsonl(os.path.join(out, f'{s}.jsonl'))]
     assert sorted(kept) == sorted(name for name, ok in readable.items() if ok)
-
-
-@pytest.fixture
-def api(monkeypatch):
-    server = chat_server(key=KEY)
-    monkeypatch.setenv('OPENAI_API_KEY', KEY)
-    yield server
-    server.close()
 
 
 def test_folder_build_describes_every_readable_picture_upright_and_records_each_skipped_one(zoo, tmp_path, api):

@@ -131,11 +131,11 @@ def resume_state(rng, ddp, interval, device):
             'interval': {style: [loss.item() for loss in losses] for style, losses in interval.items()}}
 
 
-def restore_state(rng, state, rank, world, device):
+def restore_state(rng, state, rank, device):
     """Set the random states saved by resume_state; returns (the losses since the last log line, as tensors on
-    device; whether the run goes on exactly). A checkpoint saved by another number of processes still resumes (the
+    device; how many processes saved them). A checkpoint saved by another number of processes still resumes (the
     batch sampler's state is global), but a process it has no state for keeps the seed's, and the global batch is
-    world x batch_size: the run is then no longer the one the saving run would have taken."""
+    processes x batch_size: the run is then no longer the one the saving run would have taken."""
     rng.bit_generator.state = state['batches']
     saved = state['processes']
     if rank < len(saved):
@@ -144,13 +144,19 @@ def restore_state(rng, state, rank, world, device):
             torch.cuda.set_rng_state(saved[rank]['cuda'], device)
     interval = {style: [torch.tensor(loss, device=device) for loss in losses]
                 for style, losses in state['interval'].items()}
-    return interval, len(saved) == world
+    return interval, len(saved)
 
 
 def keep_log_until(log_path, step):
     """Drop the log lines of steps after the checkpoint's: the resumed run writes them again, exactly."""
     if os.path.exists(log_path):
         data.write_jsonl(log_path, [r for r in data.read_log(log_path) if r['step'] <= step])
+
+
+def any_process(flag, ddp, device):
+    """Whether flag is true in this process or, under DDP, in any: a vote every process must call at the same point,
+    a tensor on the run's device (NCCL, the GPUs' backend, sums nothing that lives on the CPU)."""
+    return bool(global_sum(torch.tensor([float(flag)], device=device)) > 0) if ddp else bool(flag)
 
 
 class StopRequest:
@@ -168,9 +174,8 @@ class StopRequest:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def agreed(self, ddp, device):
-        """Whether to stop now; under DDP every process stops at the same step, when any was asked. The vote is a
-        tensor on the run's device: NCCL, the GPUs' backend, sums nothing that lives on the CPU."""
-        return bool(global_sum(torch.tensor([float(self.asked)], device=device)) > 0) if ddp else self.asked
+        """Whether to stop now; under DDP every process stops at the same step, when any was asked."""
+        return any_process(self.asked, ddp, device)
 
     def restore(self):
         for sig, handler in self.previous.items():

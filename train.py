@@ -8,10 +8,12 @@ Train a NanoVLM to describe pictures.
 
 Every value below is a default; `--key=value` overrides it (its type is checked) and `--size=NAME` first applies a
 preset: the model fields of model.SIZES[NAME] and the run settings of RUNS[NAME]. Each step (each micro-step, with
---grad_accum) trains on one batch of images with their short or their long descriptions, styles taking turns; the decoder learns which one to write from
-the style token that starts the text (see data.py). Every eval_interval steps the run measures validation loss and
-the image gain (how much worse that loss is with the pictures shuffled: 0 for a model that does not look), prints
-a few descriptions of validation images so you can watch the model learn, and saves out_dir/ckpt.pt. Every
+--grad_accum) trains on one batch of images with their short or their long descriptions, styles taking turns; the
+decoder learns which one to write from the style token that starts the text (see data.py). Every eval_interval steps
+the run measures validation loss and the image gain (how much worse that loss is with the pictures shuffled: 0 for a
+model that does not look), grades greedy descriptions of eval_scenes validation scenes (grounding precision and
+recall; --target_grounding stops the run where both reach it), prints a few of them beside the truth so you can
+watch the model learn, and saves out_dir/ckpt.pt. Every
 log_interval steps it prints (and appends to out_dir/train_log.jsonl) each style's loss, the time a step takes and
 the MFU: the share of the hardware's peak FLOP/s that the model's own arithmetic (model.flops_per_image) achieves.
 
@@ -44,8 +46,8 @@ from torch.nn.parallel import DistributedDataParallel
 import data
 import grade
 import pictures
-from checkpoint import (StopRequest, keep_log_until, load_checkpoint, lock_out_dir, restore_state, resume_settings,
-                        resume_state, save_checkpoint)
+from checkpoint import (StopRequest, any_process, keep_log_until, load_checkpoint, lock_out_dir, restore_state,
+                        resume_settings, resume_state, save_checkpoint)
 from cli import UserError, given_flags, parse_flags, pick_device, run_cli
 from machine import keep_freed_memory, peak_flops, precision
 from data import Split, describe
@@ -331,9 +333,8 @@ def restore(c, r, ckpt):
                         f'resume it with that version, or train a new model into another --out_dir') from None
     r.step = ckpt['step']
     if ckpt.get('resume'):
-        r.interval, exact = restore_state(r.rng, ckpt['resume'], r.rank, r.world, r.device)
-        if not exact:
-            saved = len(ckpt['resume']['processes'])
+        r.interval, saved = restore_state(r.rng, ckpt['resume'], r.rank, r.device)
+        if saved != r.world:
             r.log(f'{r.ckpt_path} was saved by {saved} process{"es" * (saved > 1)} and this run has {r.world}: it goes '
                   f'on with {r.world * c.batch_size} images a step (it was {saved * c.batch_size}) and other dropout '
                   f'draws, so it is no longer the run {saved} would have taken')
@@ -399,12 +400,13 @@ def evaluate(c, r, last):
         pictures.loss_curves(r.log_path, os.path.join(c.out_dir, 'loss.png'))
         reached = bool(c.target_grounding and grounding and r.step > r.step_start
                        and min(grounding.values()) >= c.target_grounding)
-    if r.ddp and c.target_grounding:  # the first process judged; the others hear it (a vote on the run's device)
-        reached = bool(global_sum(torch.tensor([float(reached)], device=r.device)) > 0)
+    if c.target_grounding:  # the first process judged; the others hear it
+        reached = any_process(reached, r.ddp, r.device)
     if r.step > r.step_start or last:
         save(c, r)
-    r.eval_seconds += time.time() - t
-    r.t0 += time.time() - t
+    took = time.time() - t
+    r.eval_seconds += took
+    r.t0 += took
     return reached
 
 

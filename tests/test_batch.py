@@ -19,10 +19,8 @@ import chat
 import data
 import grade
 from cli import UserError
-from conftest import KEY
+from conftest import KEY, ROOT
 from servers import TOO_LONG, batch_server, descriptions
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture

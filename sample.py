@@ -27,8 +27,8 @@ and the same command again describes only the rest (delete --out to describe eve
 cannot be read is said and skipped. Each record also names the checkpoint that wrote it ("model": the SHA-256 of
 ckpt.pt) and how ("sampling": task, style, temperature, top_k, max_new_tokens, seed), and a rerun goes on only with
 the same of both: another checkpoint or other settings into the same --out stop in one line, the file untouched, so
-one file never holds two models' descriptions for grade.py to score as one. --task=complete is the paper's test: each record of a test.jsonl is completed
-from its own beginning (its "prompts", 6-7 words short, 18-20 long):
+one file never holds two models' descriptions for grade.py to score as one. --task=complete is the paper's test:
+each record of a test.jsonl is completed from its own beginning (its "prompts", 6-7 words short, 18-20 long):
 
     python sample.py --out_dir=out-tiny --jsonl=data/picturebook/test.jsonl --task=complete --style=long --out=long.jsonl
 """
@@ -134,8 +134,7 @@ def describe_file(model, tokenizer, f, opts, model_id):
     keys = [key({'id': r.get('id', path), 'style': f['style'], 'prompt': prompt})
             for r, path, prompt in zip(records, paths, prompts)]
     sampling = {k: f[k] for k in SAMPLING}
-    made = made_before(f['out'])
-    same_run(made, model_id, sampling, f['out'])
+    made = made_before(f['out'], model_id, sampling)
     done = {key(m) for m in made}  # an earlier run's descriptions are not made again
     todo = [i for i, k in enumerate(keys) if k not in done]
     if len(todo) < len(records):
@@ -192,16 +191,19 @@ def read_scene(text):
     return scene
 
 
-def made_before(path):
-    """The descriptions an earlier run appended to path; a file of something else is refused as it is, never
-    appended to."""
+def made_before(path, model_id=None, sampling=None):
+    """The descriptions an earlier run appended to path; a file of something else, or (given model_id) one made by
+    another checkpoint or with other sampling settings (same_run), is refused as it is, never appended to."""
     def descriptions(made):
         if any(not isinstance(m.get('text'), str) or 'style' not in m for m in made):
             raise UserError(f'{path} holds records that are not descriptions by sample.py; give another --out')
+        if model_id is not None:
+            same_run(made, model_id, sampling, path)
     return data.read_log(path, check=descriptions)
 
 
-SAMPLING = ('task', 'style', 'temperature', 'top_k', 'max_new_tokens', 'seed')  # what a description depends on besides the model
+# what a description depends on besides the model
+SAMPLING = ('task', 'style', 'temperature', 'top_k', 'max_new_tokens', 'seed')
 
 
 def same_run(made, model_id, sampling, path):

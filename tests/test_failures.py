@@ -210,6 +210,8 @@ def test_sample_never_mixes_two_models_or_two_settings_in_one_file(trained, tmp_
     out = str(tmp_path / 's.jsonl')
     argv = [f'--jsonl={trained.data_dir}/test.jsonl', f'--out={out}', '--max_new_tokens=4', '--device=cpu']
     sample.main([f'--out_dir={trained.out_dir}', *argv, '--n=2'])
+    with open(out, 'a') as f:
+        f.write('{"id": "test-00002", "te')  # a line a killed run cut short: a refused run leaves it too
     before = open(out, 'rb').read()
     other = tmp_path / 'other'
     other.mkdir()
@@ -224,6 +226,7 @@ def test_sample_never_mixes_two_models_or_two_settings_in_one_file(trained, tmp_
     assert open(out, 'rb').read() == before
     sample.main([f'--out_dir={trained.out_dir}', *argv, '--n=3'])
     assert [r['id'] for r in data.read_jsonl(out)] == ['test-00000', 'test-00001', 'test-00002']
+
 
 # -----------------------------------------------------------------------------
 # The API's error pages

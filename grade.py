@@ -408,7 +408,7 @@ def main(argv):
     print(table(results))
     if c.json:
         write_file(c.json, lambda f: json.dump(results, f, indent=2),
-                        'the table above' + (f', every grade in {c.cache}' if c.judge == 'gpt' else ''))
+                   'the table above' + (f', every grade in {c.cache}' if c.judge == 'gpt' else ''))
 
 
 if __name__ == '__main__':

@@ -178,17 +178,30 @@ def describe_file(model, tokenizer, f, opts, model_id):
 def read_scene(text):
     """A picture-book scene from its JSON (as a record's "scene"), checked so that drawing it cannot fail."""
     try:
-        scene = data.loads(text)
-        ok = scene['sky'] in picturebook.SKIES and scene['ground'] in picturebook.GROUNDS and scene['objects'] and all(
-            o['kind'] in picturebook.KINDS and o['color'] in picturebook.COLORS and o['size'] in picturebook.OBJECT_SIZES
-            and o['where'] in picturebook.PLACES for o in scene['objects'])
-    except (ValueError, TypeError, KeyError):
-        ok = False
-    if not ok:
+        scene = checked_scene(data.loads(text))
+    except ValueError:
+        scene = None
+    if scene is None:
         raise UserError('--scene is not a picture-book scene: give JSON like {"sky": "night", "ground": "snow", '
                         '"objects": [{"kind": "cat", "color": "red", "size": "big", "where": "left"}]} with words '
                         'picturebook.py knows')
     return scene
+
+
+def checked_scene(scene, most=None):
+    """scene (parsed JSON) rebuilt from the picture-book vocabulary's own words, so that drawing it cannot fail and
+    nothing else passes; None if it is not one (a sky, a ground, one object or more, at most `most` where given).
+    serve.py checks the scenes a page sends with it too."""
+    try:
+        objects = scene['objects']
+        ok = (scene['sky'] in picturebook.SKIES and scene['ground'] in picturebook.GROUNDS and isinstance(objects, list)
+              and 1 <= len(objects) <= (most or len(objects)) and all(
+                  o['kind'] in picturebook.KINDS and o['color'] in picturebook.COLORS and
+                  o['size'] in picturebook.OBJECT_SIZES and o['where'] in picturebook.PLACES for o in objects))
+    except (TypeError, KeyError):
+        return None
+    return {'sky': scene['sky'], 'ground': scene['ground'],
+            'objects': [{k: o[k] for k in ('kind', 'color', 'size', 'where')} for o in objects]} if ok else None
 
 
 def made_before(path, model_id=None, sampling=None):

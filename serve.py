@@ -44,6 +44,7 @@ from PIL import Image
 import data
 import pictures
 import picturebook
+import sample
 from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import UserError, parse_flags, run_cli
 
@@ -146,21 +147,13 @@ class Models:
 # What a request asks for, checked
 
 def scene_of(scene):
-    """A picture-book scene from a request, rebuilt from the vocabulary's own words (nothing else passes)."""
-    try:
-        objects = scene['objects']
-        ok = (scene['sky'] in picturebook.SKIES and scene['ground'] in picturebook.GROUNDS and isinstance(objects, list)
-              and 1 <= len(objects) <= MAX_OBJECTS and all(
-                  o['kind'] in picturebook.KINDS and o['color'] in picturebook.COLORS and
-                  o['size'] in picturebook.OBJECT_SIZES and o['where'] in picturebook.PLACES for o in objects))
-    except (TypeError, KeyError):
-        ok = False
-    if not ok:
+    """A picture-book scene from a request, rebuilt from the vocabulary's own words (sample.checked_scene)."""
+    checked = sample.checked_scene(scene, most=MAX_OBJECTS)
+    if checked is None:
         raise Refused(400, f'not a picture-book scene: give a sky ({", ".join(picturebook.SKIES)}), a ground '
                       f'({", ".join(picturebook.GROUNDS)}) and 1 to {MAX_OBJECTS} objects, each a kind, colour, size '
                       'and place of the picture book')
-    return {'sky': scene['sky'], 'ground': scene['ground'],
-            'objects': [{k: o[k] for k in ('kind', 'color', 'size', 'where')} for o in objects]}
+    return checked
 
 
 def picture_of(body, size):

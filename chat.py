@@ -270,8 +270,8 @@ class ChatEndpoint:
                         raise
                     except ValueError:
                         problem = 'the server sent a reply that is not a Chat Completions response'
-                elif r.status_code == 400 and refused_field(r.content) in body:  # the next body leaves it out
-                    self.refused.add(refused_field(r.content))
+                elif r.status_code == 400 and (field := refused_field(r.content)) in body:  # the next body leaves it out
+                    self.refused.add(field)
                     continue
                 else:
                     problem = self._fault(r)

@@ -56,6 +56,7 @@ class VLMConfig:
     vocab_size: int = 8192       # rows of the token embedding: the compact vocabulary of data.Tokenizer
     block_size: int = 128        # longest text in tokens, style and end-of-text tokens included
     visual_tokens: str = 'cls'   # 'cls': the paper's single summary token; 'all': CLS and every patch (LLaVA-style)
+    merge: int = 1               # with 'all': each merge x merge square of patches becomes one visual token (no CLS)
     connector_norm: bool = True  # end the connector with a BatchNorm (ours, see Connector; false: the paper's connector)
     dropout: float = 0.1         # dropout in every block (the paper: 0.1 for every size)
 
@@ -81,6 +82,8 @@ def check_config(c):
         raise UserError(f"visual_tokens must be 'cls' or 'all', not {c.visual_tokens!r}")
     if c.patch_size % 4 or c.patch_size <= 0 or c.img_size % c.patch_size:
         raise UserError(f'patch_size {c.patch_size} must be a multiple of 4 that divides img_size {c.img_size}')
+    if c.merge < 1 or (c.img_size // c.patch_size) % c.merge or c.merge > 1 and c.visual_tokens != 'all':
+        raise UserError(f'merge {c.merge} must divide the {c.img_size // c.patch_size} patches a side, with visual_tokens=all')
     for width, heads, part in ((c.enc_embd, c.enc_head, 'enc'), (c.n_embd, c.n_head, 'n')):
         if heads <= 0 or width % heads:
             raise UserError(f'{part}_embd {width} does not split into {heads} heads ({part}_head)')
@@ -264,7 +267,7 @@ class Connector(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.fc = nn.Linear(cfg.enc_embd, cfg.n_embd)
+        self.fc = nn.Linear(cfg.enc_embd * cfg.merge ** 2, cfg.n_embd)
         self.norm = BatchNorm(cfg.n_embd) if cfg.connector_norm else nn.Identity()
 
     def forward(self, x):  # (B, P, Ce)
@@ -280,7 +283,7 @@ class NanoVLM(nn.Module):
         check_config(config)
         self.config = cfg = config
         n_patches = (cfg.img_size // cfg.patch_size) ** 2
-        self.n_prefix = 1 if cfg.visual_tokens == 'cls' else 1 + n_patches  # visual tokens in front of the text
+        self.n_prefix = 1 if cfg.visual_tokens == 'cls' else n_patches // cfg.merge ** 2 if cfg.merge > 1 else 1 + n_patches
         self.encoder = VisionEncoder(cfg)
         self.connector = Connector(cfg)
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
@@ -311,6 +314,11 @@ class NanoVLM(nn.Module):
         x = self.encoder(pixels)  # (B, 1+N, Ce)
         if self.config.visual_tokens == 'cls':
             x = x[:, :1]  # (B, 1, Ce): the CLS token summarises the image
+        elif self.config.merge > 1:  # each k x k square of patches side by side in one token, as HF nanoVLM does
+            B, Ce, k = x.size(0), x.size(2), self.config.merge
+            g = self.config.img_size // self.config.patch_size  # patches a side
+            x = x[:, 1:].reshape(B, g // k, k, g // k, k, Ce).transpose(2, 3)  # (B, g/k, g/k, k, k, Ce)
+            x = x.reshape(B, (g // k) ** 2, k * k * Ce)  # (B, N/k^2, k^2 Ce)
         return self.connector(x)  # (B, P, C)
 
     def decode(self, prefix, idx, caches=None, start=0):
@@ -389,26 +397,6 @@ class NanoVLM(nn.Module):
         norm.momentum = momentum
         self.train(training)
 
-    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type, enc_lr_scale=1.0):
-        """AdamW; matrices and embeddings decay (the decoder's position table wpe too), biases, norms and the encoder's
-        CLS and positions do not. With enc_lr_scale != 1 the encoder's matrices (weights and convolution kernels) are
-        a group of their own, whose 'lr_scale' train.py multiplies the scheduled rate by; its vectors (positions, CLS,
-        biases, norms) keep the full rate, as in muP:
-        a step of a matrix moves its output in proportion to the inputs it sums (mostly the encoder's width; the
-        first convolution, which sums 3 x k1 x k1 pixels, is scaled with the rest, unmeasured), a vector's does not.
-        Fused into one kernel on CUDA, and on a CPU where PyTorch has it (2.4 and later: the optimiser's share of a
-        tiny step is 2.2 ms instead of 5.5 on our 2 cores)."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        matrix = lambda p: p.dim() >= 2 and p is not self.encoder.pos and p is not self.encoder.cls
-        encoder = {id(p) for p in self.encoder.parameters()}
-        slow = lambda p: enc_lr_scale != 1 and id(p) in encoder and matrix(p)
-        groups = [{'params': [p for p in params if slow(p)], 'weight_decay': weight_decay, 'lr_scale': enc_lr_scale},
-                  {'params': [p for p in params if matrix(p) and not slow(p)], 'weight_decay': weight_decay,
-                   'lr_scale': 1.0},
-                  {'params': [p for p in params if not matrix(p)], 'weight_decay': 0.0, 'lr_scale': 1.0}]
-        fused = device_type == 'cuda' or device_type == 'cpu' and tuple(map(int, torch.__version__.split('.')[:2])) >= (2, 4)
-        return torch.optim.AdamW([g for g in groups if g['params']], lr=learning_rate, betas=betas, fused=fused)
-
     def flops_per_image(self, text_len):
         """Floating-point operations of one training step's forward and backward pass for one image and a text of
         text_len tokens: every matrix multiply counted as 2 FLOPs a multiply-add (convolutions, linear layers,
@@ -421,7 +409,7 @@ class NanoVLM(nn.Module):
         def blocks(layers, width, tokens):  # qkv, proj, MLP (12 width^2 weights a token), then attention
             return layers * (2 * 12 * width * width * tokens + 2 * 2 * tokens * tokens * width)
         patch = 2 * (c.img_size // k1) ** 2 * 3 * k1 * k1 * (Ce // 2) + 2 * N * (Ce // 2) * 16 * Ce + 2 * N * Ce * Ce
-        forward = (patch + blocks(c.enc_layer, Ce, 1 + N) + 2 * Ce * C * self.n_prefix
+        forward = (patch + blocks(c.enc_layer, Ce, 1 + N) + 2 * Ce * c.merge ** 2 * C * self.n_prefix
                    + blocks(c.n_layer, C, S) + 2 * C * c.vocab_size * text_len)
         return 3 * forward
 

@@ -52,6 +52,7 @@ from cli import UserError, given_flags, parse_flags, pick_device, run_cli
 from machine import keep_freed_memory, peak_flops, precision
 from data import Split, describe
 from model import SIZES, NanoVLM, VLMConfig, check_config, config_from, global_sum
+from optim import configure_optimizer
 
 DEFAULTS = dict(
     # run
@@ -79,6 +80,7 @@ DEFAULTS = dict(
     weight_decay=0.1,            # AdamW decay of matrices and embeddings
     beta1=0.9,                   # AdamW beta1
     beta2=0.99,                  # AdamW beta2
+    muon_lr=0.0,                 # Muon's learning rate for the hidden matrices (0: AdamW for every parameter)
     grad_clip=1.0,               # clip the gradient norm to this (0: off)
     # system
     device='auto',               # 'auto' picks cuda, then mps, then cpu
@@ -303,8 +305,8 @@ def build_model(c, r, ckpt):
     torch.manual_seed(c.seed)
     r.rng = np.random.default_rng(c.seed)
     r.model = NanoVLM(config_from({**vars(c), 'vocab_size': len(r.tokenizer)})).to(r.device)
-    r.optimizer = r.model.configure_optimizer(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), r.device.type,
-                                              c.enc_lr_scale)
+    r.optimizer = configure_optimizer(r.model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2), r.device.type,
+                                      c.enc_lr_scale, c.muon_lr)
     r.step, r.interval, r.resumed = 0, {}, ckpt is not None  # interval: style -> losses since the last progress line
     if ckpt:
         restore(c, r, ckpt)

@@ -245,7 +245,7 @@ def test_bench_refuses_flags_it_would_ignore(run_main):
 # -----------------------------------------------------------------------------
 # The house: a file a sitting, imports one way, the world without torch.
 
-LAYERS = ['cli', 'picturebook', 'data', 'model', 'machine', 'checkpoint', 'chat', 'batch', 'build', 'grade', 'pictures', 'train',
+LAYERS = ['cli', 'picturebook', 'data', 'model', 'optim', 'machine', 'checkpoint', 'chat', 'batch', 'build', 'grade', 'pictures', 'train',
           'sample', 'bench', 'serve']
 
 

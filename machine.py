@@ -19,10 +19,20 @@ def precision(device, dtype):
     if dtype not in ('auto', 'float32', 'bfloat16'):
         raise UserError(f'--dtype={dtype}: use auto, float32 or bfloat16')
     if dtype == 'auto':
-        dtype = 'bfloat16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+        dtype = 'bfloat16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() or \
+            device.type == 'cpu' and cpu_has_bfloat16() else 'float32'
     if device.type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return dtype, nullcontext() if dtype == 'float32' else torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def cpu_has_bfloat16():
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX-512 BF16 or AMX), as oneDNN reports it: there a
+    bf16 matmul is several times faster than a float32 one (5x on our 2 cores); elsewhere it is emulated, and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
 
 
 def keep_freed_memory(device):

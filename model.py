@@ -120,12 +120,15 @@ class SelfAttention(nn.Module):
                 k, v = torch.cat([cache['k'], k], dim=2), torch.cat([cache['v'], v], dim=2)
             cache['k'], cache['v'] = k, v
         causal = self.causal and q.size(2) == k.size(2)  # a single new query may see every cached key
-        if self.keep_weights:  # the same attention written out, so its weights exist to be kept
+        # Written out, the weights exist to be kept; and on a CPU in bfloat16 this is 2-3x faster than PyTorch's
+        # fused kernel, forward and backward (measured for tiny's sequences on our 2 cores)
+        if self.keep_weights or q.device.type == 'cpu' and q.dtype == torch.bfloat16:
             att = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, Tk)
             if causal:
                 att = att.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float('-inf'))
-            self.weights = F.softmax(att.float(), dim=-1)
-            y = F.dropout(self.weights.to(v.dtype), self.dropout, self.training) @ v
+            weights = F.softmax(att.float(), dim=-1)
+            self.weights = weights if self.keep_weights else None
+            y = F.dropout(weights.to(v.dtype), self.dropout, self.training) @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                                dropout_p=self.dropout if self.training else 0.0)

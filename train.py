@@ -91,16 +91,18 @@ DEFAULTS = dict(
     # model: every VLMConfig field is a flag as well (--n_layer=6 ...); see model.py
     **{k: v for k, v in asdict(VLMConfig(**SIZES['tiny'])).items() if k != 'vocab_size'},
 )
+PAPER_RUN = dict(muon_lr=0.0, warmup_iters=100, min_lr=1e-4)  # the paper's sizes: AdamW alone (the paper's optimiser)
 RUNS = {  # what --size sets besides the model: the paper's sizes are runs for one GPU (the paper: lr 1e-3, no batch)
-    'tiny': {k: DEFAULTS[k] for k in ('out_dir', 'batch_size', 'max_iters', 'learning_rate', 'eval_interval')},  # the defaults
+    'tiny': {k: DEFAULTS[k] for k in ('out_dir', 'batch_size', 'max_iters', 'learning_rate', 'muon_lr', 'warmup_iters',
+                                      'min_lr', 'eval_interval')},  # the defaults
     # mini at tiny's lr and batch, for a CPU, its 400-wide encoder's matrices at a tenth (README, "The paper's sizes")
     'mini': dict(out_dir='out-mini', batch_size=32, max_iters=20000, learning_rate=3e-3, enc_lr_scale=0.1,
-                 eval_interval=1000),
+                 eval_interval=1000, **PAPER_RUN),
     # base and large: the same rates for their wider encoders (a probe, not a run: README), a larger batch for a GPU
     'base': dict(out_dir='out-base', batch_size=64, max_iters=20000, learning_rate=3e-3, enc_lr_scale=0.1,
-                 eval_interval=1000),
+                 eval_interval=1000, **PAPER_RUN),
     'large': dict(out_dir='out-large', batch_size=64, max_iters=20000, learning_rate=3e-3, enc_lr_scale=0.1,
-                  eval_interval=1000),
+                  eval_interval=1000, **PAPER_RUN),
 }
 PRESETS = {name: {**SIZES[name], **RUNS[name]} for name in SIZES}
 MINIMUM = {'batch_size': 1, 'grad_accum': 1, 'max_iters': 1, 'eval_interval': 1, 'eval_iters': 1, 'log_interval': 1,
@@ -306,7 +308,7 @@ def build_model(c, r, ckpt):
     r.rng = np.random.default_rng(c.seed)
     r.model = NanoVLM(config_from({**vars(c), 'vocab_size': len(r.tokenizer)})).to(r.device)
     r.optimizer = configure_optimizer(r.model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2), r.device.type,
-                                      c.enc_lr_scale, c.muon_lr)
+                                      c.enc_lr_scale, c.muon_lr, r.dtype)
     r.step, r.interval, r.resumed = 0, {}, ckpt is not None  # interval: style -> losses since the last progress line
     if ckpt:
         restore(c, r, ckpt)

@@ -173,7 +173,8 @@ def run_exercise(ex, c, logs, earlier):
     log = os.path.join(logs, f"{ex['number']:02d}.log")
     open(log, 'w').close()
     peak, _ = machine.peak_flops(torch.device('cpu'), 'float32')
-    record = dict(number=ex['number'], title=ex['title'], kind=ex['kind'], peak=peak, runs=[], student=[], seeds=[])
+    record = dict(number=ex['number'], title=ex['title'], kind=ex['kind'], peak=peak, commit=commit(), runs=[],
+                  student=[], seeds=[])
     t = time.time()
     patches = glob.glob(os.path.join(ROOT, 'exercises', 'solutions', f"{ex['number']:02d}-*.patch"))
     cwd = scratch_copy(c.out) if patches else ROOT
@@ -181,7 +182,7 @@ def run_exercise(ex, c, logs, earlier):
     for argv in todo + ex['commands']:
         if is_train(argv) and os.path.exists(os.path.join(cwd, train_out_dir(argv), 'ckpt.pt')):
             before = earlier.get(shlex.join(argv))
-            record['runs'].append(before or dict(command=shlex.join(argv), where='root', seconds=None, rc=0,
+            record['runs'].append(dict(before, reused=train_out_dir(argv)) if before else dict(command=shlex.join(argv), where='root', seconds=None, rc=0,
                                                  output='', reused=train_out_dir(argv)))
             continue
         record['runs'].append(run(argv, cwd, log))
@@ -189,7 +190,8 @@ def run_exercise(ex, c, logs, earlier):
         record['student'] = student_copy(ex, c, log)
     if any(describes_one(argv) and (c.seeds > 1 or unseen_colours(argv)) for argv in ex['commands']):
         record['seeds'] = seed_spread(ex, c, log)
-    record['seconds'] = round(time.time() - t, 1)
+    record['seconds'] = round(sum(r['seconds'] or 0 for r in record['runs']), 1)  # as a student runs them
+    record['extra_seconds'] = round(time.time() - t - record['seconds'], 1)  # copies, student's copy, seeds
     if cwd != ROOT:
         shutil.rmtree(cwd)
     return record
@@ -351,22 +353,26 @@ def spread(record):
 
 
 def log_answer(ex):
-    """An exercise with no command reads a run's log: where each style's loss falls below the other's."""
+    """An exercise with no command reads a run's log as loss.png draws it (pictures.loss_series): where each style's
+    loss is above the other's."""
+    import pictures
     paths = re.findall(r'`(\S+/train_log\.jsonl)`', ex['text'])
     path = os.path.join(ROOT, paths[0]) if paths else ''
     if not os.path.exists(path):
         return f"no {paths[0] if paths else 'train_log.jsonl'} to read (run 0 first)"
-    log = [json.loads(line) for line in open(path)]
-    val = [(e['step'], e['eval']['val/short'], e['eval']['val/long']) for e in log if 'val/short' in e.get('eval', {})]
-    train = [(e['step'], e['train']['short'], e['train']['long']) for e in log if len(e.get('train', {})) == 2]
-    parts = [f"{len(val)} evaluations drawn in loss.png (steps {', '.join(str(s) for s, _, _ in val)}); last "
-             f"val/short {val[-1][1]:.3f}, val/long {val[-1][2]:.3f}" if val else 'no evaluation in the log']
-    for name, series in (('val', val), ('train', train)):
-        above = [s for s, short, long in series if long >= short]
-        if series:
-            parts.append(f'{name}/long is above {name}/short at {len(above)} of {len(series)} points'
-                         + (f', the last at step {above[-1]}' if above else ''))
-    return '; '.join(parts)
+    series = pictures.loss_series(path)
+    parts = []
+    for split in ('val', 'train'):
+        short, long = dict(series.get(f'{split}/short', [])), dict(series.get(f'{split}/long', []))
+        steps = sorted(set(short) & set(long))
+        above = [s for s in steps if long[s] >= short[s]]
+        if not steps:
+            continue
+        parts.append(f'{split}/long is above {split}/short at {len(above)} of the {len(steps)} points loss.png draws'
+                     + (f' (steps {steps[0]} to {steps[-1]})' if split == 'train' else f" (steps {', '.join(map(str, steps))})")
+                     + (f', the last at step {above[-1]}' if above else '')
+                     + f'; last {split}/short {short[steps[-1]]:.3f}, {split}/long {long[steps[-1]]:.3f}')
+    return '; '.join(parts) or f'{paths[0]} has no losses of both styles'
 
 
 def answer(record, ex):
@@ -384,14 +390,20 @@ def answer(record, ex):
     return '. '.join(p.replace('|', '\\|') for p in parts) or 'nothing measured'
 
 
-def machine_line(peak):
-    import torch
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True)
+def commit():
+    """The commit the code is at, and whether tracked files differ from it."""
+    head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
-    return (f"Measured by `python exercises/answers.py` at commit {commit.stdout.strip() or 'unknown'}"
-            + (' with uncommitted changes' if dirty else '') + f' on {os.cpu_count()} CPU cores ({platform.machine()}), '
+    return (head.stdout.strip() or 'unknown') + (' with uncommitted changes' if dirty else '')
+
+
+def machine_line(peak, commits):
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
+    return (f"Measured by `python exercises/answers.py` at commit {', '.join(commits)}"
+            + ' (exercises measured at different commits: rerun them all for one)' * (len(commits) > 1)
+            + f' on {os.cpu_count()} CPU cores ({platform.machine()}), '
             f'{gpu}, `torch=={torch.__version__}`; a 1024x1024 float32 matmul reached {peak / 1e9:.0f} GFLOP/s at the '
             'start (machine.peak_flops; beside each time, what it reached just before that exercise: lower is a busier '
             'machine). Commands exactly as written above; grounding on the first 200 test scenes, greedy, `python '
@@ -401,7 +413,8 @@ def machine_line(peak):
 def section(records, course, peak, closing):
     """The teacher's section in markdown, from the records of the runs."""
     by_number = {r['number']: r for r in records}
-    lines = [TEACHER, '', machine_line(peak), '']
+    commits = list(dict.fromkeys(r.get('commit', 'unknown') for r in sorted(records, key=lambda r: r['number'])))
+    lines = [TEACHER, '', machine_line(peak, commits or [commit()]), '']
     if 0 in by_number:
         lines += [f"**The reference run** (`python train.py --size=tiny`; {time_cell(by_number[0])}): "
                   f"{answer(by_number[0], course[0])}.", '']

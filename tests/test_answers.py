@@ -53,6 +53,7 @@ def records(course):
         runs = [dict(command=shlex.join(a), where='root', seconds=12.5, rc=0, output=CANNED[kind(a)])
                 for a in ex['commands']]
         made.append(dict(number=ex['number'], title=ex['title'], kind=ex['kind'], peak=66e9, seconds=30.0, runs=runs,
+                         commit='5adbec5',
                          student=[], seeds=[]))
     return made
 
@@ -75,12 +76,12 @@ def test_the_section_has_a_row_with_its_answer_for_every_exercise(tmp_path, monk
     assert 'step 30: val/short 3.552' in text.split('| 1 |')[0]  # the reference run's last evaluation
     assert 'facts true on the sheets: 1/2 at 0, 0/0 at 10' in rows[1]
     assert '`out-800` step 30: val/short 3.552' in rows[6] and 'at each evaluation' not in rows[6]  # the last only
-    assert '4 evaluations drawn in loss.png (steps 0, 10, 20, 30)' in rows[2]
+    assert 'val/long is above val/short at 3 of the 4 points loss.png draws (steps 0, 10, 20, 30)' in rows[2]
     assert 'precision 0.000 [' in rows[3] and 'words ' in rows[3]  # grade.py's table, a cell per column
     assert 'it names 0 of the 1 objects' in rows[5] and 'blue: 0 of 2 say "blue tree"' in rows[5]
     assert '5 passed' in rows[12] and "student's copy (`python exercises/student.py 12`): 3 failed" in rows[12]
     assert '| 30 s (12 s + 12 s + 12 s + 12 s + 12 s) at 66 GFLOP/s |' in rows[6]  # each long command's time, and the peak beside them
-    assert text.startswith(answers.TEACHER) and text.rstrip().endswith('How to grade: by the checks.')
+    assert 'at commit 5adbec5 on' in text and text.startswith(answers.TEACHER) and text.rstrip().endswith('How to grade: by the checks.')
 
 
 def test_write_replaces_the_section_to_the_end_and_nothing_before():

@@ -20,7 +20,10 @@ blue tree) is tried in every such colour, so that the section gives the spread, 
 
 A training run is never repeated into a folder that holds its model (train.py refuses to): the model is reused, and
 its answer comes from the output recorded when it was made (out-answers/results.json), else from its train_log.jsonl.
-For answers measured from scratch, start from a fresh clone. Everything each command printed is kept in --out.
+So --only=3 reads the out-tiny already made. For answers measured from scratch, run it in a fresh clone (sample.py
+also refuses to add to greedy.jsonl and the like made by another checkpoint). Every command's output is kept in
+--out (logs/NN.log), and the records of every exercise run so far in --out/results.json: the section is written
+from them, with the commit each was measured at.
 """
 import glob
 import json
@@ -179,21 +182,24 @@ def run_exercise(ex, c, logs, earlier):
     patches = glob.glob(os.path.join(ROOT, 'exercises', 'solutions', f"{ex['number']:02d}-*.patch"))
     cwd = scratch_copy(c.out) if patches else ROOT
     todo = [['git', 'apply', os.path.relpath(patches[0], ROOT)]] if patches else []
-    for argv in todo + ex['commands']:
-        if is_train(argv) and os.path.exists(os.path.join(cwd, train_out_dir(argv), 'ckpt.pt')):
-            before = earlier.get(shlex.join(argv))
-            record['runs'].append(dict(before, reused=train_out_dir(argv)) if before else dict(command=shlex.join(argv), where='root', seconds=None, rc=0,
-                                                 output='', reused=train_out_dir(argv)))
-            continue
-        record['runs'].append(run(argv, cwd, log))
+    try:
+        for argv in todo + ex['commands']:
+            out_dir = is_train(argv) and train_out_dir(argv)
+            if out_dir and os.path.exists(os.path.join(cwd, out_dir, 'ckpt.pt')):  # train.py would refuse: reuse
+                before = earlier.get(shlex.join(argv))
+                record['runs'].append(dict(before, reused=out_dir) if before else dict(
+                    command=shlex.join(argv), where='root', seconds=None, rc=0, output='', reused=out_dir))
+                continue
+            record['runs'].append(run(argv, cwd, log))
+    finally:
+        if cwd != ROOT:
+            shutil.rmtree(cwd)
     if ex['kind'] == 'Build' and not patches and c.student:
         record['student'] = student_copy(ex, c, log)
     if any(describes_one(argv) and (c.seeds > 1 or unseen_colours(argv)) for argv in ex['commands']):
         record['seeds'] = seed_spread(ex, c, log)
     record['seconds'] = round(sum(r['seconds'] or 0 for r in record['runs']), 1)  # as a student runs them
     record['extra_seconds'] = round(time.time() - t - record['seconds'], 1)  # copies, student's copy, seeds
-    if cwd != ROOT:
-        shutil.rmtree(cwd)
     return record
 
 
@@ -447,7 +453,7 @@ def replaced(whole, text):
 def main(argv):
     import machine
     import torch
-    c = SimpleNamespace(**parse_flags(DEFAULTS, argv, doc=__doc__, sources=['exercises/answers']))
+    c = SimpleNamespace(**parse_flags(DEFAULTS, argv, minimum={'seeds': 1}, doc=__doc__, sources=['exercises/answers']))
     course = exercises()
     try:
         only = {int(n) for n in c.only.split(',') if n.strip()}

@@ -352,7 +352,8 @@ def spread(record):
         if colour:
             named = sum(facts_true(g)[2:3] == (1,) for _, g in said if g)
             right = sum(re.search(rf'\b{colour} trees?\b', t, re.I) is not None for t, _ in said)
-            lines.append(f'{colour}: {right} of {len(runs)} say "{colour} tree", {named} name the tree at all: {quoted}')
+            lines.append(f'{colour}: {right} of {len(runs)} say "{colour} tree", {named} name the tree at all: '
+                         + quoted)
         else:
             lines.append(f'`{command}`: {quoted}')
     return lines
@@ -375,7 +376,8 @@ def log_answer(ex):
         if not steps:
             continue
         parts.append(f'{split}/long is above {split}/short at {len(above)} of the {len(steps)} points loss.png draws'
-                     + (f' (steps {steps[0]} to {steps[-1]})' if split == 'train' else f" (steps {', '.join(map(str, steps))})")
+                     + (f' (steps {steps[0]} to {steps[-1]})' if split == 'train' else
+                        f" (steps {', '.join(map(str, steps))})")
                      + (f', the last at step {above[-1]}' if above else '')
                      + f'; last {split}/short {short[steps[-1]]:.3f}, {split}/long {long[steps[-1]]:.3f}')
     return '; '.join(parts) or f'{paths[0]} has no losses of both styles'
@@ -453,7 +455,8 @@ def replaced(whole, text):
 def main(argv):
     import machine
     import torch
-    c = SimpleNamespace(**parse_flags(DEFAULTS, argv, minimum={'seeds': 1}, doc=__doc__, sources=['exercises/answers']))
+    c = SimpleNamespace(**parse_flags(DEFAULTS, argv, minimum={'seeds': 1}, doc=__doc__,
+                                      sources=['exercises/answers']))
     course = exercises()
     try:
         only = {int(n) for n in c.only.split(',') if n.strip()}

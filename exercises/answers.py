@@ -41,7 +41,12 @@ from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import torch  # noqa: E402
+
+import machine  # noqa: E402
 import picturebook  # noqa: E402
+import pictures  # noqa: E402
+import train  # noqa: E402
 from cli import UserError, parse_flags, run_cli, write_file  # noqa: E402
 
 DEFAULTS = dict(
@@ -101,7 +106,6 @@ def flag(argv, name, default=None):
 def train_out_dir(argv):
     """Where a train.py command saves: its --out_dir, else its preset's (a flag of a solution not applied here,
     such as 19's --connector, must not matter)."""
-    import train
     return flag(argv, 'out_dir') or train.PRESETS[flag(argv, 'size', train.DEFAULTS['size'])]['out_dir']
 
 
@@ -171,13 +175,11 @@ def recolour(argv, old, new):
 
 def run_exercise(ex, c, logs, earlier):
     """Every command of one exercise, where it belongs; returns its record for results.json."""
-    import machine
-    import torch
     log = os.path.join(logs, f"{ex['number']:02d}.log")
     open(log, 'w').close()
     peak, _ = machine.peak_flops(torch.device('cpu'), 'float32')
     record = dict(number=ex['number'], title=ex['title'], kind=ex['kind'], peak=peak, commit=commit(), runs=[],
-                  student=[], seeds=[])
+                  student=[], seeds=[], trained=[])
     t = time.time()
     patches = glob.glob(os.path.join(ROOT, 'exercises', 'solutions', f"{ex['number']:02d}-*.patch"))
     cwd = scratch_copy(c.out) if patches else ROOT
@@ -197,7 +199,7 @@ def run_exercise(ex, c, logs, earlier):
     if ex['kind'] == 'Build' and not patches and c.student:
         record['student'] = student_copy(ex, c, log)
     if any(describes_one(argv) and (c.seeds > 1 or unseen_colours(argv)) for argv in ex['commands']):
-        record['seeds'] = seed_spread(ex, c, log)
+        record['seeds'] = seed_spread(ex, c, log, record)
     record['seconds'] = round(sum(r['seconds'] or 0 for r in record['runs']), 1)  # as a student runs them
     record['extra_seconds'] = round(time.time() - t - record['seconds'], 1)  # copies, student's copy, seeds
     return record
@@ -213,13 +215,14 @@ def student_copy(ex, c, log):
         shutil.rmtree(cwd)
 
 
-def seed_spread(ex, c, log):
-    """Each one-picture command on every reference checkpoint (and in every colour its kind never has), trained
-    first where missing; [{seed, colour, command, output}]."""
+def seed_spread(ex, c, log, record):
+    """Each one-picture command on every reference checkpoint (and in every colour its kind never has), the
+    checkpoint trained first where missing (its run in record['trained']); [{seed, colour, command, output}]."""
     found = []
     for seed, out_dir in reference_dirs(c.seeds):
         if seed is not None and not os.path.exists(os.path.join(ROOT, out_dir, 'ckpt.pt')):
-            run(['python', 'train.py', '--size=tiny', f'--seed={seed}', f'--out_dir={out_dir}'], ROOT, log)
+            record['trained'].append(run(['python', 'train.py', '--size=tiny', f'--seed={seed}',
+                                          f'--out_dir={out_dir}'], ROOT, log))
         for argv in filter(describes_one, ex['commands']):
             colours = unseen_colours(argv)
             for colour in colours or [None]:
@@ -284,11 +287,6 @@ def described(output):
     return text, ground[len('grounding: '):]
 
 
-def facts_true(ground):
-    """'k of the n facts it states are true; it names m of the o objects' -> (k, n, m, o)."""
-    return tuple(map(int, re.findall(r'\d+', ground)[:4]))
-
-
 # -----------------------------------------------------------------------------
 # The teacher's section
 
@@ -345,14 +343,15 @@ def spread(record):
     for s in record['seeds']:
         groups.setdefault((s['colour'], s['command'].split(' --out_dir=')[0]), []).append(s)
     for (colour, command), runs in groups.items():
-        said = [described(r['output']) for r in runs]
+        said = [described(r['output']) if not r['rc'] else (f"FAILED: {r['output'].strip()[-200:]}", '')
+                for r in runs]
         firsts = [re.match(r'[^.!?]*[.!?]?', t).group(0) for t, _ in said]  # what it says first is about the object
         quoted = ' / '.join(f'"{t}"' + (f' (x{firsts.count(t)})' if firsts.count(t) > 1 else '')
                             for t in dict.fromkeys(firsts))
-        if colour:
-            named = sum(facts_true(g)[2:3] == (1,) for _, g in said if g)
-            right = sum(re.search(rf'\b{colour} trees?\b', t, re.I) is not None for t, _ in said)
-            lines.append(f'{colour}: {right} of {len(runs)} say "{colour} tree", {named} name the tree at all: '
+        if colour:  # the judge's `names 1 of the 1 objects`: its colour and kind; "tree" alone: its kind
+            named = sum('it names 1 of the 1 objects' in g for _, g in said)
+            kind = sum(re.search(r'\btrees?\b', t, re.I) is not None for t, _ in said)
+            lines.append(f'{colour}: {named} of {len(runs)} name the {colour} tree, {kind} say "tree" at all: '
                          + quoted)
         else:
             lines.append(f'`{command}`: {quoted}')
@@ -362,7 +361,6 @@ def spread(record):
 def log_answer(ex):
     """An exercise with no command reads a run's log as loss.png draws it (pictures.loss_series): where each style's
     loss is above the other's."""
-    import pictures
     paths = re.findall(r'`(\S+/train_log\.jsonl)`', ex['text'])
     path = os.path.join(ROOT, paths[0]) if paths else ''
     if not os.path.exists(path):
@@ -407,7 +405,6 @@ def commit():
 
 
 def machine_line(peak, commits):
-    import torch
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
     return (f"Measured by `python exercises/answers.py` at commit {', '.join(commits)}"
             + ' (exercises measured at different commits: rerun them all for one)' * (len(commits) > 1)
@@ -426,6 +423,10 @@ def section(records, course, peak, closing):
     if 0 in by_number:
         lines += [f"**The reference run** (`python train.py --size=tiny`; {time_cell(by_number[0])}): "
                   f"{answer(by_number[0], course[0])}.", '']
+    trained = [r for record in records for r in record.get('trained', [])]
+    if trained:  # the same preset from other seeds: how far the answers of one checkpoint can move
+        lines += ['**The same run from other seeds** (for the spread of the quoted sentences): ' + '. '.join(
+            f"`{r['command']}` ({seconds(r['seconds'])}): {run_answer(r)}" for r in trained) + '.', '']
     lines += ['| # | kind | time here | the measured answer |', '| --- | --- | --- | --- |']
     for ex in course[1:]:
         r = by_number.get(ex['number'])
@@ -453,8 +454,6 @@ def replaced(whole, text):
 # -----------------------------------------------------------------------------
 
 def main(argv):
-    import machine
-    import torch
     c = SimpleNamespace(**parse_flags(DEFAULTS, argv, minimum={'seeds': 1}, doc=__doc__,
                                       sources=['exercises/answers']))
     course = exercises()

@@ -11,7 +11,8 @@ each exercise, so that a busy machine shows beside its times) and the commit it 
 What runs where: the Look and Break commands in the repository root. A Build check (12-16) runs on our code, and
 again in a scratch copy of the tracked files after `python exercises/student.py N` (the student's copy: it must
 fail there). A Build exercise with a solution (exercises/solutions/NN-*.patch, 17-19) runs in a scratch copy with
-the patch applied; data/ and the out* folders are linked into it so that it reads the models already made.
+the patch applied, as does any exercise whose commands edit the code (git apply); data/ and the out* folders are
+linked into the copy so that it reads the models already made.
 
 A sentence depends on the checkpoint, not only on the code: every command that describes one picture (--image or
 --scene) with the reference model is run again on --seeds reference checkpoints (out-tiny and `python train.py
@@ -182,8 +183,9 @@ def run_exercise(ex, c, logs, earlier):
                   student=[], seeds=[], trained=[])
     t = time.time()
     patches = glob.glob(os.path.join(ROOT, 'exercises', 'solutions', f"{ex['number']:02d}-*.patch"))
-    cwd = scratch_copy(c.out) if patches else ROOT
-    todo = [['git', 'apply', os.path.relpath(patches[0], ROOT)]] if patches else []
+    edits = any(argv[0] == 'git' for argv in ex['commands'])  # an edit (git apply) is made in a copy, never here
+    cwd = scratch_copy(c.out) if patches or edits else ROOT
+    todo = [['git', 'apply', os.path.relpath(patches[0], ROOT)]] if patches and not edits else []
     try:
         for argv in todo + ex['commands']:
             out_dir = is_train(argv) and train_out_dir(argv)

@@ -170,8 +170,11 @@ def unseen_colours(argv):
     return []
 
 
-def recolour(argv, old, new):
-    return [a.replace(f'"{old}"', f'"{new}"').replace(f'{old}-', f'{new}-') for a in argv]
+def variant(argv, old=None, new=None):
+    """argv without the pictures it draws (--sheet, --attention: the exercise's own stay as its command made them),
+    the colour old of its --scene made new."""
+    return [a.replace(f'"{old}"', f'"{new}"') if old else a for a in argv
+            if not a.startswith(('--sheet=', '--attention='))]
 
 
 def run_exercise(ex, c, logs, earlier):
@@ -228,7 +231,7 @@ def seed_spread(ex, c, log, record):
         for argv in filter(describes_one, ex['commands']):
             colours = unseen_colours(argv)
             for colour in colours or [None]:
-                command = recolour(argv, colours[0], colour) if colour else argv
+                command = variant(argv, colours[0], colour) if colour else variant(argv)
                 r = run(command + [f'--out_dir={out_dir}'], ROOT, log)
                 found.append(dict(seed=seed, colour=colour, **r))
     return found
@@ -432,9 +435,10 @@ def section(records, course, peak, closing):
     lines += ['| # | kind | time here | the measured answer |', '| --- | --- | --- | --- |']
     for ex in course[1:]:
         r = by_number.get(ex['number'])
-        lines.append(f"| {ex['number']} | {ex['kind']} | {time_cell(r) if r else 'not run'} | "
-                     f"{answer(r, ex) if r else 'not run'} |" if r or ex['commands'] else
-                     f"| {ex['number']} | {ex['kind']} | seconds | {answer(dict(runs=[], student=[], seeds=[]), ex)} |")
+        if r is None and not ex['commands']:  # it reads what the reference run left (exercise 2): nothing to run
+            r = dict(number=ex['number'], runs=[], student=[], seeds=[], seconds=0.0, peak=peak)
+        cells = (time_cell(r), answer(r, ex)) if r else ('not run', 'not run')
+        lines.append(f"| {ex['number']} | {ex['kind']} | {cells[0]} | {cells[1]} |")
     return '\n'.join(lines + ['', closing]).rstrip() + '\n'
 
 

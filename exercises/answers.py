@@ -21,10 +21,9 @@ blue tree) is tried in every such colour, so that the section gives the spread, 
 
 A training run is never repeated into a folder that holds its model (train.py refuses to): the model is reused, and
 its answer comes from the output recorded when it was made (out-answers/results.json), else from its train_log.jsonl.
-So --only=3 reads the out-tiny already made. For answers measured from scratch, run it in a fresh clone (sample.py
-also refuses to add to greedy.jsonl and the like made by another checkpoint). Every command's output is kept in
---out (logs/NN.log), and the records of every exercise run so far in --out/results.json: the section is written
-from them, with the commit each was measured at.
+So --only=3 reads the out-tiny already made. For answers from scratch, run it in a fresh clone (sample.py also
+refuses to add to a greedy.jsonl made by another checkpoint). Every command's output is kept in --out/logs, every
+exercise's record in --out/results.json: the section is written from them, with the commit each was measured at.
 """
 import glob
 import json
@@ -155,9 +154,11 @@ def scratch_copy(parent):
     return dest
 
 
-def reference_dirs(seeds):
-    """The reference run's folder, then one per extra seed: [(seed, out_dir)]."""
-    return [(None, 'out-tiny')] + [(s, f'out-tiny-seed{s}') for s in range(1, seeds)]
+def reference_runs(c):
+    """The reference run's folder, then one per extra seed: [(its command with the seed, out_dir)]."""
+    out = train_out_dir(c.reference)
+    return [(None, out)] + [(c.reference + [f'--seed={s}', f'--out_dir={out}-seed{s}'], f'{out}-seed{s}')
+                            for s in range(1, c.seeds)]
 
 
 def unseen_colours(argv):
@@ -224,16 +225,15 @@ def seed_spread(ex, c, log, record):
     """Each one-picture command on every reference checkpoint (and in every colour its kind never has), the
     checkpoint trained first where missing (its run in record['trained']); [{seed, colour, command, output}]."""
     found = []
-    for seed, out_dir in reference_dirs(c.seeds):
-        if seed is not None and not os.path.exists(os.path.join(ROOT, out_dir, 'ckpt.pt')):
-            record['trained'].append(run(['python', 'train.py', '--size=tiny', f'--seed={seed}',
-                                          f'--out_dir={out_dir}'], ROOT, log))
+    for reference, out_dir in reference_runs(c):
+        if reference and not os.path.exists(os.path.join(ROOT, out_dir, 'ckpt.pt')):
+            record['trained'].append(run(reference, ROOT, log))
         for argv in filter(describes_one, ex['commands']):
             colours = unseen_colours(argv)
             for colour in colours or [None]:
                 command = variant(argv, colours[0], colour) if colour else variant(argv)
                 r = run(command + [f'--out_dir={out_dir}'], ROOT, log)
-                found.append(dict(seed=seed, colour=colour, **r))
+                found.append(dict(out_dir=out_dir, colour=colour, **r))
     return found
 
 
@@ -393,9 +393,9 @@ def answer(record, ex):
         parts.append(f"student's copy (`python exercises/student.py {record['number']}`): "
                      + ', '.join(f'{n} {k}' for k, n in check.items() if k != 'deselected'))
     if record['seeds']:
-        dirs = ['out-tiny'] + [f"out-tiny-seed{s}" for s in dict.fromkeys(s['seed'] for s in record['seeds']) if s]
+        dirs = list(dict.fromkeys(s['out_dir'] for s in record['seeds']))
         parts.append(f"a sentence depends on the checkpoint; on {len(dirs)} reference checkpoints ({', '.join(dirs)}: "
-                     '`python train.py --size=tiny --seed=S --out_dir=out-tiny-seedS`): ' + '; '.join(spread(record)))
+                     'the reference run with `--seed=S --out_dir=...-seedS`): ' + '; '.join(spread(record)))
     if not ex['commands']:
         parts.append(log_answer(ex))
     return '. '.join(p.replace('|', '\\|') for p in parts) or 'nothing measured'
@@ -463,6 +463,7 @@ def main(argv):
     c = SimpleNamespace(**parse_flags(DEFAULTS, argv, minimum={'seeds': 1}, doc=__doc__,
                                       sources=['exercises/answers']))
     course = exercises()
+    c.reference = next(iter(course[0]['commands']), ['python', 'train.py'])  # what the spread's seeds retrain
     try:
         only = {int(n) for n in c.only.split(',') if n.strip()}
     except ValueError:

@@ -66,8 +66,9 @@ def test_the_section_has_a_row_with_its_answer_for_every_exercise(tmp_path, monk
     made = records(course)
     made[12]['student'] = [dict(command='python exercises/student.py 12', output=''),
                            dict(command='', output=CANNED['pytest, the student\'s copy'])]
-    made[5]['seeds'] = [dict(seed=seed, colour=colour, command=f'python sample.py --scene=... {colour}', rc=0,
-                             output=CANNED['sample.py --scene']) for seed in (None, 1) for colour in ('blue', 'red')]
+    made[5]['seeds'] = [dict(out_dir=out_dir, colour=colour, command=f'python sample.py --scene=... {colour}', rc=0,
+                             output=CANNED['sample.py --scene'])
+                        for out_dir in ('out-tiny', 'out-tiny-seed1') for colour in ('blue', 'red')]
     made[3]['trained'] = [dict(command='python train.py --size=tiny --seed=1 --out_dir=out-tiny-seed1', rc=0,
                                seconds=259.0, output=CANNED['train.py'])]
     text = answers.section(made, course, 66e9, 'How to grade: by the checks.')
@@ -76,12 +77,15 @@ def test_the_section_has_a_row_with_its_answer_for_every_exercise(tmp_path, monk
     assert sorted(rows) == list(range(1, 20))
     assert 'not run' not in text and 'FAILED' not in text
     before = text.split('| 1 |')[0]  # the reference run's last evaluation, and the other seeds' runs
-    assert 'step 30: val/short 3.552' in before and '--out_dir=out-tiny-seed1` (259 s): `out-tiny-seed1` step 30' in before
+    assert 'step 30: val/short 3.552' in before
+    assert '--out_dir=out-tiny-seed1` (259 s): `out-tiny-seed1` step 30' in before
     assert 'facts true on the sheets: 1/2 at 0, 0/0 at 10' in rows[1]
     assert '`out-800` step 30: val/short 3.552' in rows[6] and 'at each evaluation' not in rows[6]  # the last only
     assert 'val/long is above val/short at 3 of the 4 points loss.png draws (steps 0, 10, 20, 30)' in rows[2]
     assert 'precision 0.000 [' in rows[3] and 'words ' in rows[3]  # grade.py's table, a cell per column
-    assert 'it names 0 of the 1 objects' in rows[5] and 'blue: 0 of 2 name the blue tree, 0 say "tree" at all' in rows[5]
+    assert 'on 2 reference checkpoints (out-tiny, out-tiny-seed1' in rows[5]
+    assert 'it names 0 of the 1 objects' in rows[5]
+    assert 'blue: 0 of 2 name the blue tree, 0 say "tree" at all' in rows[5]
     assert '5 passed' in rows[12] and "student's copy (`python exercises/student.py 12`): 3 failed" in rows[12]
     assert '| 30 s (12 s + 12 s + 12 s + 12 s + 12 s) at 66 GFLOP/s |' in rows[6]  # each long command, the peak
     assert 'at commit 5adbec5 on' in text and text.startswith(answers.TEACHER)

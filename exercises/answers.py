@@ -8,16 +8,15 @@ each exercise, so that a busy machine shows beside its times) and the commit it 
     python exercises/answers.py --only=3,12       # a subset; 0 is the reference run before the course
     python exercises/answers.py --write           # and replace EXERCISES.md's teacher section with it
 
-What runs where: the Look and Break commands in the repository root. A Build check (12-16) runs on our code, and
-again in a scratch copy of the tracked files after `python exercises/student.py N` (the student's copy: it must
-fail there). A Build exercise with a solution (exercises/solutions/NN-*.patch, 17-19) runs in a scratch copy with
-the patch applied, as does any exercise whose commands edit the code (git apply); data/ and the out* folders are
-linked into the copy so that it reads the models already made.
+The Look and Break commands run in the repository root. A Build check (12-16) runs on our code, and again in a
+scratch copy of the tracked files after `python exercises/student.py N` (the student's copy: it must fail there).
+A Build exercise with a solution (exercises/solutions/NN-*.patch, 17-19) runs in a scratch copy with the patch
+applied, as does any exercise whose commands edit the code (git apply); data/ and the out* folders are linked into
+the copy so that it reads the models already made.
 
-A sentence depends on the checkpoint, not only on the code: every command that describes one picture (--image or
---scene) with the reference model is run again on --seeds reference checkpoints (out-tiny and `python train.py
---size=tiny --seed=S --out_dir=out-tiny-seedS`), and a scene with a colour its kind never has in the world (the
-blue tree) is tried in every such colour, so that the section gives the spread, not one run's sentence.
+A sentence depends on the checkpoint: every command that describes one picture (--image, --scene) with the
+reference model runs again on --seeds reference checkpoints (out-tiny, and exercise 0's command with --seed=S
+--out_dir=out-tiny-seedS), a scene in a colour its kind never has (the blue tree) in every such colour.
 
 A training run is never repeated into a folder that holds its model (train.py refuses to): the model is reused, and
 its answer comes from the output recorded when it was made (out-answers/results.json), else from its train_log.jsonl.
@@ -59,6 +58,7 @@ DEFAULTS = dict(
 EXERCISES = os.path.join(ROOT, 'EXERCISES.md')
 TEACHER = '## For the teacher: measured answers'
 HOW_TO_GRADE = 'How to grade:'  # the closing paragraph, kept as it is
+FORMAT = 2  # of the records in results.json: those of another version of this script are not read
 PLACEHOLDER = re.compile(r'(?<![\w.])[A-Z]{2,}(?![\w.])')  # OUT in a generic command: no exercise runs it
 
 
@@ -113,7 +113,7 @@ def is_train(argv):
     return argv[1:2] == ['train.py']
 
 
-def is_check(argv):
+def is_check(argv):  # a Build exercise's check
     return argv[1:3] == ['-m', 'pytest']
 
 
@@ -206,8 +206,9 @@ def run_exercise(ex, c, logs, earlier):
         record['student'] = student_copy(ex, c, log)
     if any(describes_one(argv) and (c.seeds > 1 or unseen_colours(argv)) for argv in ex['commands']):
         record['seeds'] = seed_spread(ex, c, log, record)
-    record['seconds'] = round(sum(r['seconds'] or 0 for r in record['runs']), 1)  # as a student runs them
-    record['extra_seconds'] = round(time.time() - t - record['seconds'], 1)  # copies, student's copy, seeds
+    timed = [r['seconds'] for r in record['runs'] if r['seconds'] is not None]  # a model reused: not timed here
+    record['seconds'] = round(sum(timed), 1) if timed or not ex['commands'] else None  # as a student runs them
+    record['extra_seconds'] = round(time.time() - t - sum(timed), 1)  # copies, the student's copy, the seeds
     return record
 
 
@@ -279,9 +280,9 @@ def grade_table(output):
 
 
 def pytest_counts(output):
-    """pytest's last line, e.g. '5 passed, 41 deselected in 3.1s' -> {'passed': 5, 'deselected': 41}."""
+    """pytest's last line, e.g. '5 passed, 41 deselected in 3.1s' -> '5 passed' (what ran, and how it went)."""
     last = next((line for line in reversed(output.splitlines()) if re.search(r'\d+ (passed|failed|error)', line)), '')
-    return {k: int(n) for n, k in re.findall(r'(\d+) (passed|failed|errors?|deselected)', last)}
+    return ', '.join(f'{n} {k}' for n, k in re.findall(r'(\d+) (passed|failed|errors?)', last)) or 'no tests ran'
 
 
 def described(output):
@@ -296,13 +297,15 @@ def described(output):
 # The teacher's section
 
 def seconds(s):
-    return '-' if s is None else f'{s:,.0f} s' if s >= 10 else f'{s:.1f} s'
+    return f'{s:,.0f} s' if s >= 10 else f'{s:.1f} s'
 
 
 def time_cell(record):
     """The exercise's time, its long commands' times, the peak measured before it, and the models it reused."""
     long = [seconds(r['seconds']) for r in record['runs'] if (r.get('seconds') or 0) >= 10]
     reused = [r['reused'] for r in record['runs'] if r.get('reused')]
+    if record['seconds'] is None:
+        return f"not timed here (reused {', '.join(reused)}, made before)"
     return (seconds(record['seconds']) + (f" ({' + '.join(long)})" if len(long) > 1 else '')
             + f" at {record['peak'] / 1e9:.0f} GFLOP/s" + (f"; reused {', '.join(reused)}" if reused else ''))
 
@@ -334,8 +337,7 @@ def run_answer(r, detail=False):
         return '; '.join(f'`{path}`: ' + ', '.join(f'{k} {v}' for k, v in row.items() if k != 'n')
                          for path, row in grade_table(out).items())
     if is_check(argv):
-        counts = pytest_counts(out)
-        return ', '.join(f'{n} {k}' for k, n in counts.items() if k != 'deselected') + f" (`{' '.join(argv[3:])}`)"
+        return f"{pytest_counts(out)} (`{' '.join(argv[3:])}`)"
     if describes_one(argv) or argv[1:2] == ['sample.py'] and (flag(argv, 'image') or flag(argv, 'scene')):
         text, ground = described(out)
         return f'"{text}"' + (f' ({ground})' if ground else '')
@@ -389,9 +391,8 @@ def log_answer(ex):
 def answer(record, ex):
     parts = [a for a in (run_answer(r, record['number'] == 0) for r in record['runs']) if a]
     if record['student']:
-        check = pytest_counts(record['student'][-1]['output'])
         parts.append(f"student's copy (`python exercises/student.py {record['number']}`): "
-                     + ', '.join(f'{n} {k}' for k, n in check.items() if k != 'deselected'))
+                     + pytest_counts(record['student'][-1]['output']))
     if record['seeds']:
         dirs = list(dict.fromkeys(s['out_dir'] for s in record['seeds']))
         parts.append(f"a sentence depends on the checkpoint; on {len(dirs)} reference checkpoints ({', '.join(dirs)}: "
@@ -444,8 +445,7 @@ def section(records, course, peak, closing):
 
 def closing_paragraph(path=EXERCISES):
     """The 'How to grade' paragraph of today's section, kept as it is."""
-    text = open(path).read()
-    teacher = text[text.find(TEACHER):] if TEACHER in text else ''
+    teacher = open(path).read().partition(TEACHER)[2]
     return teacher[teacher.find(HOW_TO_GRADE):] if HOW_TO_GRADE in teacher else ''
 
 
@@ -475,7 +475,8 @@ def main(argv):
     logs = os.path.join(c.out, 'logs')
     os.makedirs(logs, exist_ok=True)
     results_path = os.path.join(c.out, 'results.json')
-    kept = json.load(open(results_path)) if os.path.exists(results_path) else {}
+    saved = json.load(open(results_path)) if os.path.exists(results_path) else {}
+    kept = saved.get('records', {}) if saved.get('format') == FORMAT else {}  # another version's: run again
     earlier = {r['command']: r for rec in kept.values() for r in rec['runs'] if r.get('seconds') is not None}
     peak, _ = machine.peak_flops(torch.device('cpu'), 'float32')
     todo = [ex for ex in course if not only or ex['number'] in only | {0}]  # 0 reuses out-tiny where it is made
@@ -483,7 +484,7 @@ def main(argv):
         print(f"exercise {ex['number']} ({ex['title']}): {len(ex['commands'])} commands ...", flush=True)
         record = run_exercise(ex, c, logs, earlier)
         kept[str(ex['number'])] = record
-        write_file(results_path, lambda f: json.dump(kept, f, indent=1))  # after each: a stopped run keeps its part
+        write_file(results_path, lambda f: json.dump({'format': FORMAT, 'records': kept}, f, indent=1))  # each time
         print(f"  {time_cell(record)}: {answer(record, ex)}", flush=True)
     text = section(list(kept.values()), course, peak, closing_paragraph())
     write_file(os.path.join(c.out, 'answers.md'), lambda f: f.write(text))

@@ -221,7 +221,7 @@ def make_picturebook(out_dir, n_train=12000, n_val=500, n_test=500, img_size=64,
     """Draw and describe n_train + n_val + n_test scenes into out_dir. Deterministic for a seed; a scene in val or
     test never occurs in train (test is drawn first, then val, then train). One random sequence writes the text, in
     order, here (the pool's feeding thread runs it) while the pool's processes draw the pictures. Returns them for
-    prepare(), {split: [uint8 (S, S, 3)]} (none over 64 px: gigabytes), or None if out_dir already had a dataset."""
+    prepare(), {split: [their pixels as bytes]} (none over 64 px: gigabytes), or None if out_dir had a dataset."""
     if os.path.exists(os.path.join(out_dir, 'train.jsonl')):
         print(f'{out_dir} already has a dataset; using it (delete the folder to draw a new one)')
         return None
@@ -229,7 +229,7 @@ def make_picturebook(out_dir, n_train=12000, n_val=500, n_test=500, img_size=64,
     records, pictures = {'test': [], 'val': [], 'train': []}, {'test': [], 'val': [], 'train': []}
     pages = picturebook.pages([('test', n_test), ('val', n_val), ('train', n_train)], seed)
     with worker_pool() as pool:
-        for (split, i, scene, short, long), pixels in pool.imap(draw_page, ((p, img_size, out_dir) for p in pages), 16):
+        for (split, i, scene, short, long), pixels in pool.imap(draw_page, ((p, img_size, out_dir) for p in pages), 128):
             rid = f'{split}-{i:05d}'
             records[split].append({'id': rid, 'image': f'images/{rid}.png', 'short': short, 'long': long, 'scene': scene})
             pictures[split] += [pixels] if img_size <= 64 else []
@@ -240,14 +240,14 @@ def make_picturebook(out_dir, n_train=12000, n_val=500, n_test=500, img_size=64,
 
 
 def draw_page(task):
-    """A task of make_picturebook's pool (its processes ignore Ctrl-C): a page's picture saved, and its pixels."""
+    """A task of make_picturebook's pool (its processes ignore Ctrl-C): a page's picture saved; its pixels' bytes."""
     (split, i, scene, _, _), size, out_dir = task
     path, image = os.path.join(out_dir, f'images/{split}-{i:05d}.png'), picturebook.draw_scene(scene, size)
     try:
         image.save(path)
     except OSError as e:
         raise write_failed(e, path, 'nothing that matters: a rerun draws the same scenes from the seed', [path]) from None
-    return task[0], np.asarray(image)
+    return task[0], image.tobytes()  # (S, S, 3) uint8, row by row, as np.asarray(image).tobytes() has them
 
 
 # -----------------------------------------------------------------------------
@@ -349,8 +349,8 @@ def prepare(data_dir, img_size, splits=('train', 'val'), pictures=None):
             with open(partial[0], 'wb') as f:
                 np.lib.format.write_array_header_1_0(f, {'descr': '|u1', 'fortran_order': False,
                                                          'shape': (len(records), img_size, img_size, 3)})
-                f.writelines(p.tobytes() for p in (pictures or {}).get(split) or  # as drawn, else read back from the PNGs
-                             (load_image(os.path.join(data_dir, r['image']), img_size) for r in records))
+                f.writelines((pictures or {}).get(split) or  # as drawn, else read back from the PNGs
+                             (load_image(os.path.join(data_dir, r['image']), img_size).tobytes() for r in records))
             np.save(partial[1], tokens)
             os.replace(partial[1], tokens_path)
             os.replace(partial[0], images_path)

@@ -278,7 +278,7 @@ GROUP_WISHES = ['{T} look alike.', '{T} are like a little family.', 'Someone lik
                 '{T} are good friends.']  # for twins: "The two red balls look alike."
 PLAY = ['{A} wants to play with {b}.', '{A} looks at {b}.', '{A} is close to {b}.']  # {A} an animal, {b} anything
 ANIMALS = {'cat', 'dog', 'bird'}
-PLACE_PHRASES = {'left': 'on the left', 'middle': 'in the middle', 'right': 'on the right'}  # where: the words
+PLACE_PHRASES = {'left': 'on the left', 'middle': 'in the middle', 'right': 'on the right'}  # an object's where, said
 
 
 def _groups(scene):
@@ -423,9 +423,9 @@ def describe_scene(scene, style, rng):
                 between.append(rng.choice(['Nothing else is in the picture.', 'It is all alone in the picture.']))
             rng.shuffle(between)
             sents = sky[:rng.randint(1, 2)] + about + between[:rng.randint(0, 3)] + rng.sample([ground, mood], rng.randint(1, 2))
-        words, joins = [word_count(s) for s in sents], max(0, len(sents) - smax)  # a join adds 'and', maybe 'it' for
-        if sum(words) - joins > hi or sum(words) + joins < lo:  # 'the red ball': no way of joining these fits, so skip
-            for n in range(len(sents), smax, -1):  # the joins, but draw what they would draw (the next try starts there)
+        words, joins = [word_count(s) for s in sents], max(0, len(sents) - smax)  # a join is a word more ('and'), or
+        if sum(words) - joins > hi or sum(words) + joins < lo:  # one fewer ('and it' for 'the red ball'): none fits, so
+            for n in range(len(sents), smax, -1):  # skip the joins, but draw what they would (the next try starts there)
                 rng.sample(range(n - 1), min(2, n - 1))
             continue
         while len(sents) > smax:  # join a random pair of neighbours, favouring short ones

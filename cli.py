@@ -16,8 +16,10 @@ import contextlib
 import difflib
 import errno
 import hashlib
+import multiprocessing
 import os
 import re
+import signal
 import sys
 import uuid
 
@@ -252,3 +254,10 @@ def run_cli(main):
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         sys.exit(130)
+
+
+def worker_pool():
+    """A pool of processes for work that splits into tasks, one for each CPU but this process's. They leave Ctrl-C
+    to this process, which run_cli answers in one line (each worker would print a traceback)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    return multiprocessing.Pool(max(1, cpus - 1), signal.signal, (signal.SIGINT, signal.SIG_IGN))

@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageOps
 
 import picturebook
-from cli import UserError, parse_flags, run_cli, temporary, write_failed, write_file
+from cli import UserError, parse_flags, run_cli, temporary, worker_pool, write_failed, write_file
 from picturebook import STYLES
 
 # Pillow refuses a picture over twice its pixel limit and reads one over the limit with a warning; open_image refuses
@@ -219,25 +219,35 @@ def load_image(path, size, name=None):
 
 def make_picturebook(out_dir, n_train=12000, n_val=500, n_test=500, img_size=64, seed=1337):
     """Draw and describe n_train + n_val + n_test scenes into out_dir. Deterministic for a seed; a scene in val or
-    test never occurs in train (test is drawn first, then val, then train)."""
+    test never occurs in train (test is drawn first, then val, then train). One random sequence writes the text, in
+    order, here (the pool's feeding thread runs it) while the pool's processes draw the pictures. Returns them for
+    prepare(), {split: [their pixels as bytes]} (none over 64 px: gigabytes), or None if out_dir had a dataset."""
     if os.path.exists(os.path.join(out_dir, 'train.jsonl')):
         print(f'{out_dir} already has a dataset; using it (delete the folder to draw a new one)')
-        return
+        return None
     os.makedirs(os.path.join(out_dir, 'images'), exist_ok=True)
-    records = {'test': [], 'val': [], 'train': []}
-    for split, i, scene, short, long in picturebook.pages([('test', n_test), ('val', n_val), ('train', n_train)], seed):
-        rid = f'{split}-{i:05d}'
-        image = f'images/{rid}.png'
-        path = os.path.join(out_dir, image)
-        try:
-            picturebook.draw_scene(scene, img_size).save(path)
-        except OSError as e:
-            raise write_failed(e, path, 'nothing that matters: a rerun draws the same scenes from the seed',
-                               [path]) from None
-        records[split].append({'id': rid, 'image': image, 'short': short, 'long': long, 'scene': scene})
+    records, pictures = {'test': [], 'val': [], 'train': []}, {'test': [], 'val': [], 'train': []}
+    pages = picturebook.pages([('test', n_test), ('val', n_val), ('train', n_train)], seed)
+    with worker_pool() as pool:
+        for (split, i, scene, short, long), pixels in pool.imap(draw_page, ((p, img_size, out_dir) for p in pages), 128):
+            rid = f'{split}-{i:05d}'
+            records[split].append({'id': rid, 'image': f'images/{rid}.png', 'short': short, 'long': long, 'scene': scene})
+            pictures[split] += [pixels] if img_size <= 64 else []
     for split, rows in records.items():
         write_jsonl(os.path.join(out_dir, f'{split}.jsonl'), [add_beginnings(r) for r in rows] if split == 'test' else rows)
     print(f'wrote {n_train}/{n_val}/{n_test} train/val/test picture-book scenes to {out_dir}')
+    return pictures
+
+
+def draw_page(task):
+    """A task of make_picturebook's pool (its processes ignore Ctrl-C): a page's picture saved; its pixels' bytes."""
+    (split, i, scene, _, _), size, out_dir = task
+    path, image = os.path.join(out_dir, f'images/{split}-{i:05d}.png'), picturebook.draw_scene(scene, size)
+    try:
+        image.save(path)
+    except OSError as e:
+        raise write_failed(e, path, 'nothing that matters: a rerun draws the same scenes from the seed', [path]) from None
+    return task[0], image.tobytes()  # (S, S, 3) uint8, row by row, as np.asarray(image).tobytes() has them
 
 
 # -----------------------------------------------------------------------------
@@ -271,7 +281,7 @@ class Tokenizer:
     @classmethod
     def fit(cls, texts):
         bpe = gpt2_encoding()
-        return cls(sorted({t for ids in bpe.encode_ordinary_batch(list(texts)) for t in ids}))
+        return cls(sorted({t for text in texts for t in bpe.encode_ordinary(text)}))  # (a batch's threads: slower)
 
     def __len__(self):
         return len(SPECIALS) + len(self.gpt2_ids)
@@ -314,9 +324,9 @@ def prepared_paths(data_dir, split, img_size):
     return os.path.join(data_dir, f'{split}.images{img_size}.npy'), os.path.join(data_dir, f'{split}.tokens.npy')
 
 
-def prepare(data_dir, img_size, splits=('train', 'val')):
+def prepare(data_dir, img_size, splits=('train', 'val'), pictures=None):
     """Turn each split's JSONL and images into arrays, or check the arrays an earlier run made against the JSONL.
-    Returns the tokenizer."""
+    pictures: make_picturebook's, drawn at img_size, used instead of reading the PNGs back. Returns the tokenizer."""
     tok = vocabulary(data_dir)
     for split in splits:
         records = read_jsonl(os.path.join(data_dir, f'{split}.jsonl'))
@@ -339,8 +349,8 @@ def prepare(data_dir, img_size, splits=('train', 'val')):
             with open(partial[0], 'wb') as f:
                 np.lib.format.write_array_header_1_0(f, {'descr': '|u1', 'fortran_order': False,
                                                          'shape': (len(records), img_size, img_size, 3)})
-                for r in records:
-                    f.write(load_image(os.path.join(data_dir, r['image']), img_size).tobytes())
+                f.writelines((pictures or {}).get(split) or  # as drawn, else read back from the PNGs
+                             (load_image(os.path.join(data_dir, r['image']), img_size).tobytes() for r in records))
             np.save(partial[1], tokens)
             os.replace(partial[1], tokens_path)
             os.replace(partial[0], images_path)
@@ -366,8 +376,7 @@ def vocabulary(data_dir):
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f'{path} is damaged ({e}); delete it and the .npy files beside it, and run again to prepare '
                             'them again (a checkpoint made with the old vocabulary cannot resume on the new one)')
-    train = read_jsonl(os.path.join(data_dir, 'train.jsonl'))
-    tok = Tokenizer.fit(r[s] for r in train for s in STYLES if r.get(s))
+    tok = Tokenizer.fit(r[s] for r in read_jsonl(os.path.join(data_dir, 'train.jsonl')) for s in STYLES if r.get(s))
     write_file(path, lambda f: json.dump(tok.state(), f), 'the dataset; the vocabulary is made again on the next run')
     return tok
 
@@ -399,7 +408,7 @@ def ensure_dataset(data_dir, img_size):
         if os.path.normpath(data_dir) != os.path.normpath(PICTUREBOOK_DIR):
             raise UserError(f'no dataset in {data_dir} (train.jsonl missing); draw one with data.py or build one with build.py')
         print(f'drawing the picture-book dataset into {data_dir} (once)')
-        make_picturebook(data_dir, img_size=img_size)
+        return prepare(data_dir, img_size, pictures=make_picturebook(data_dir, img_size=img_size))
     return prepare(data_dir, img_size)
 
 
@@ -431,8 +440,7 @@ class Split:
         images = torch.from_numpy(self.images[ix])
         x, y = torch.from_numpy(x), torch.from_numpy(y)
         if device.type == 'cuda':  # pinned memory lets the copy overlap with compute
-            return images.pin_memory().to(device, non_blocking=True), x.pin_memory().to(device, non_blocking=True), \
-                y.pin_memory().to(device, non_blocking=True)
+            return tuple(t.pin_memory().to(device, non_blocking=True) for t in (images, x, y))
         return images.to(device), x.to(device), y.to(device)
 
 
@@ -483,8 +491,8 @@ DEFAULTS = dict(
 def main(argv):
     c = parse_flags(DEFAULTS, argv, minimum={'n_train': 0, 'n_val': 0, 'n_test': 0, 'img_size': 1},
                     doc=__doc__, sources=['data'])
-    make_picturebook(c['out'], c['n_train'], c['n_val'], c['n_test'], c['img_size'], c['seed'])
-    prepare(c['out'], c['img_size'])
+    prepare(c['out'], c['img_size'], pictures=make_picturebook(c['out'], c['n_train'], c['n_val'], c['n_test'],
+                                                                c['img_size'], c['seed']))
 
 
 if __name__ == '__main__':

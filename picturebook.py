@@ -278,6 +278,7 @@ GROUP_WISHES = ['{T} look alike.', '{T} are like a little family.', 'Someone lik
                 '{T} are good friends.']  # for twins: "The two red balls look alike."
 PLAY = ['{A} wants to play with {b}.', '{A} looks at {b}.', '{A} is close to {b}.']  # {A} an animal, {b} anything
 ANIMALS = {'cat', 'dog', 'bird'}
+PLACE_PHRASES = {'left': 'on the left', 'middle': 'in the middle', 'right': 'on the right'}  # an object's where, said
 
 
 def _groups(scene):
@@ -303,15 +304,9 @@ def _noun_phrase(group, rng, det='a', size=None):
 def _where(group, rng):
     """Where a group is: 'on the left', 'up in the sky on the right', 'one on the left and one in the middle'."""
     if len(group) > 1:
-        return ' and '.join(f"one {_place(o['where'])}" for o in group)
-    place = _place(group[0]['where'])
-    if group[0]['kind'] in SKY_KINDS and rng.random() < 0.5:
-        return f'up in the sky {place}'
-    return place
-
-
-def _place(where):
-    return {'left': 'on the left', 'middle': 'in the middle', 'right': 'on the right'}[where]
+        return ' and '.join(f"one {PLACE_PHRASES[o['where']]}" for o in group)
+    place = PLACE_PHRASES[group[0]['where']]
+    return f'up in the sky {place}' if group[0]['kind'] in SKY_KINDS and rng.random() < 0.5 else place
 
 
 def _cap(s):
@@ -393,7 +388,7 @@ def _long_sentences(g, scene, rng):
 def _join(a, b):
     """Two sentences as one: 'The sun is out.' + 'The sky is blue.' -> 'The sun is out, and the sky is blue.'
     A second sentence about the same single thing says 'it': 'The cat is small, and it wants a nap.'"""
-    subject = ' '.join(a.split()[:3])
+    subject = ' '.join(a.split(' ', 3)[:3])
     if subject.startswith('The ') and subject.split()[-1] in KINDS and b.startswith(subject + ' '):
         b = 'it' + b[len(subject):]
     return a[:-1] + ', and ' + (b if b.startswith('I ') else b[0].lower() + b[1:])
@@ -411,11 +406,11 @@ def describe_scene(scene, style, rng):
     """A true description of the scene in the given style: short 20-25 words in 2-3 sentences, long 60-70 in 5-6.
     True sentences are drawn at random and joined with 'and' until the length fits, so wording varies."""
     lo, hi, smin, smax = LENGTHS[style]
-    groups = _groups(scene)
+    groups, moods = _groups(scene), MOOD_SENTENCES[scene['sky']] + MOOD_SENTENCES[scene['ground']]
     for attempt in range(5000):
         sky = rng.sample(SKY_SENTENCES[scene['sky']], 2)
         ground = rng.choice(GROUND_SENTENCES[scene['ground']])
-        mood = rng.choice(MOOD_SENTENCES[scene['sky']] + MOOD_SENTENCES[scene['ground']])
+        mood = rng.choice(moods)
         story = _story_sentences(groups, rng)
         if style == 'short':
             naming = [_list_sentence(groups, scene, rng)] if len(groups) > 1 or rng.random() < 0.5 else \
@@ -428,12 +423,17 @@ def describe_scene(scene, style, rng):
                 between.append(rng.choice(['Nothing else is in the picture.', 'It is all alone in the picture.']))
             rng.shuffle(between)
             sents = sky[:rng.randint(1, 2)] + about + between[:rng.randint(0, 3)] + rng.sample([ground, mood], rng.randint(1, 2))
+        words, joins = [word_count(s) for s in sents], max(0, len(sents) - smax)  # a join is a word more ('and'), or
+        if sum(words) - joins > hi or sum(words) + joins < lo:  # one fewer ('and it' for 'the red ball'): none fits, so
+            for n in range(len(sents), smax, -1):  # skip the joins, but draw what they would (the next try starts there)
+                rng.sample(range(n - 1), min(2, n - 1))
+            continue
         while len(sents) > smax:  # join a random pair of neighbours, favouring short ones
-            i = min(rng.sample(range(len(sents) - 1), min(2, len(sents) - 1)), key=lambda i: word_count(sents[i] + sents[i + 1]))
+            i = min(rng.sample(range(len(sents) - 1), min(2, len(sents) - 1)), key=lambda i: words[i] + words[i + 1])
             sents[i:i + 2] = [_join(sents[i], sents[i + 1])]
-        text = ' '.join(sents)
-        if lo <= word_count(text) <= hi and smin <= sentence_count(text) <= smax:
-            return text
+            words[i:i + 2] = [word_count(sents[i])]
+        if lo <= sum(words) <= hi and smin <= sentence_count(' '.join(sents)) <= smax:
+            return ' '.join(sents)
     raise RuntimeError(f'no {style} description fits scene {scene}')  # never seen: the sentence pools are wide
 
 

@@ -89,6 +89,37 @@ def test_make_picturebook_is_deterministic(tmp_path):
     assert any(fa[n] != fc[n] for n in fa if n.endswith('.png'))
 
 
+# sha256 of the JSONL files of make_picturebook(n_train=60, n_val=10, n_test=10, img_size=32, seed=3) as commit
+# 39aa042 wrote them, one page at a time in one process: the writer's shortcuts must leave every word as it was.
+WRITTEN_BEFORE = {'train': '12fb812d6b4c56b915c774bf8adb9b3ef255cc527b01edb65b67bcd379e18a11',
+                  'val': 'b9418d964302320d975632bdf0392ea5b89a137e8e956972ded11afe94fc9910',
+                  'test': 'e6f3a85b1d50d1097585b1f9acade86937d9f5174b20ccd3528fe187d09b50f6'}
+
+
+def test_make_picturebook_with_its_pool_writes_what_one_process_did(tmp_path):
+    """The pool draws while this process writes: the same text as before, every picture the PNG that drawing the
+    page here makes, and the pictures handed to prepare() the same arrays as read back from the PNGs."""
+    import hashlib
+    import io
+    import shutil
+    path, again = str(tmp_path / 'pool'), str(tmp_path / 'read-back')
+    pictures = data.make_picturebook(path, n_train=60, n_val=10, n_test=10, img_size=32, seed=3)
+    files = files_of(path)
+    assert {split: hashlib.sha256(files[f'{split}.jsonl']).hexdigest() for split in WRITTEN_BEFORE} == WRITTEN_BEFORE
+    pages = list(picturebook.pages([('test', 10), ('val', 10), ('train', 60)], seed=3))
+    assert sum(name.endswith('.png') for name in files) == len(pages) == 80
+    for split, i, scene, _, _ in pages:
+        png = io.BytesIO()
+        picturebook.draw_scene(scene, 32).save(png, format='PNG')
+        assert files[f'images/{split}-{i:05d}.png'] == png.getvalue(), (split, i)
+    assert [len(pictures[s]) for s in ('test', 'val', 'train')] == [10, 10, 60]
+    shutil.copytree(path, again)
+    data.prepare(path, 32, pictures=pictures)
+    data.prepare(again, 32)  # no pictures given: read back from the PNGs
+    arrays = {name: content for name, content in files_of(path).items() if name.endswith(('.npy', 'vocab.json'))}
+    assert len(arrays) == 5 and arrays == {name: files_of(again)[name] for name in arrays}
+
+
 def test_picturebook_records(picturebook_dir):
     for split, n in (('train', 64), ('val', 16), ('test', 16)):
         records = data.read_jsonl(os.path.join(picturebook_dir, f'{split}.jsonl'))

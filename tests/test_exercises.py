@@ -2,15 +2,17 @@
 test's small picture-book set), in order, in one folder, and must finish without an error and leave what the text
 says it leaves. The Build checks, and the commands that need a Build solution, are run by test_exercises_build.py."""
 import os
-import re
-import shlex
 import shutil
+import sys
 
 import data
 import grade
 import sample
 import train
 from conftest import ROOT, TINY
+
+sys.path.insert(0, os.path.join(ROOT, 'exercises'))
+import answers  # noqa: E402  (one reader of the course: the answers script's)
 
 SCRIPTS = {'train.py': train.main, 'sample.py': sample.main, 'grade.py': grade.main, 'data.py': data.main}
 SHRINK = {  # appended to each script's flags: later flags win, so the exercise's own flags stay as written
@@ -26,16 +28,10 @@ NEEDS_SOLUTION = {18: '18-new-kind.patch', 19: '19-cross-attention.patch'}  # ru
 
 
 def commands(numbers=None):
-    """The commands of EXERCISES.md, in order, as (exercise number, argv): the indented lines that start with
-    `python`, under the heading '### N.' of their exercise (0 before the first). numbers: only those exercises."""
-    found, number = [], 0
-    with open(os.path.join(ROOT, 'EXERCISES.md')) as f:
-        for line in f:
-            heading = re.match(r'### (\d+)\.', line)
-            number = int(heading.group(1)) if heading else number
-            if re.match(r'    python ', line) and (numbers is None or number in numbers):
-                found.append((number, shlex.split(line.strip(), comments=True)))
-    return found
+    """The python commands of EXERCISES.md, in order, as (exercise number, argv), as exercises/answers.py reads them
+    (0: the reference run before the course). numbers: only those exercises."""
+    return [(ex['number'], argv) for ex in answers.exercises() if numbers is None or ex['number'] in numbers
+            for argv in ex['commands'] if argv[0] == 'python']
 
 
 def shrunk(argv):

@@ -66,7 +66,7 @@ class VLMConfig:
 # what is where far faster than through the single CLS token (measured: README, "The paper's sizes, and why ...").
 SIZES = {
     'tiny': dict(img_size=64, patch_size=8, enc_layer=2, enc_embd=128, enc_head=4, n_layer=4, n_head=4, n_embd=128,
-                 visual_tokens='all', dropout=0.0),
+                 visual_tokens='all', merge=2, dropout=0.0),
     'mini': dict(img_size=224, patch_size=16, enc_layer=1, enc_embd=400, enc_head=8, n_layer=4, n_head=8, n_embd=96,
                  visual_tokens='all', dropout=0.1),
     'base': dict(img_size=224, patch_size=16, enc_layer=3, enc_embd=512, enc_head=8, n_layer=8, n_head=8, n_embd=128,

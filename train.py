@@ -1,13 +1,14 @@
 """
 Train a NanoVLM to describe pictures.
 
-    python train.py --size=tiny                                  # CPU, minutes: the picture-book world
+    python train.py --size=tiny                                  # CPU, a minute: the picture-book world
     python train.py --size=mini --data_dir=data/coco --device=cuda
     python train.py --size=tiny --init_from=resume               # carry on from out_dir/ckpt.pt
     torchrun --standalone --nproc_per_node=8 train.py --size=base --data_dir=data/coco   # DDP, one node
 
 Every value below is a default; `--key=value` overrides it (its type is checked) and `--size=NAME` first applies a
-preset: the model fields of model.SIZES[NAME] and the run settings of RUNS[NAME]. Each step (each micro-step, with
+preset: the model fields of model.SIZES[NAME] and the run settings of RUNS[NAME] (tiny's are the speedrun's: Muon for
+the hidden matrices, optim.py, and a 600-step schedule; README, "The speedrun"). Each step (each micro-step, with
 --grad_accum) trains on one batch of images with their short or their long descriptions, styles taking turns; the
 decoder learns which one to write from the style token that starts the text (see data.py). Every eval_interval steps
 the run measures validation loss and the image gain (how much worse that loss is with the pictures shuffled: 0 for a
@@ -27,8 +28,9 @@ Under torchrun the same script trains with DistributedDataParallel (NCCL on GPUs
 reads its own share of each global batch (batch_size images per process and micro-step), gradients are averaged
 once per step (not per micro-step), and only the first process logs and saves. The loss is normalised by the
 target tokens of the whole global batch, and the connector's BatchNorm uses global-batch statistics, so N
-processes take exactly the steps one process would take on the union of their batches (a test checks it). A
-checkpoint saved by another number of processes resumes too, and the run says that it is no longer exact.
+processes take the steps one process would take on the union of their batches (exactly in float32, as a test
+checks; in bfloat16 up to each process's own rounding). A checkpoint saved by another number of processes resumes
+too, and the run says that it is no longer exact.
 """
 import gc
 import math

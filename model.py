@@ -86,8 +86,8 @@ def check_config(c):
         raise UserError(f"visual_tokens must be 'cls' or 'all', not {c.visual_tokens!r}")
     if c.patch_size % 4 or c.patch_size <= 0 or c.img_size % c.patch_size:
         raise UserError(f'patch_size {c.patch_size} must be a multiple of 4 that divides img_size {c.img_size}')
-    if c.merge < 1 or (c.img_size // c.patch_size) % c.merge or c.merge > 1 and c.visual_tokens != 'all':
-        raise UserError(f'merge {c.merge} must divide the {c.img_size // c.patch_size} patches a side, with visual_tokens=all')
+    if c.merge < 1 or (c.img_size // c.patch_size) % c.merge:  # (with visual_tokens='cls' there is nothing to merge)
+        raise UserError(f'merge {c.merge} must divide the {c.img_size // c.patch_size} patches a side')
     for width, heads, part in ((c.enc_embd, c.enc_head, 'enc'), (c.n_embd, c.n_head, 'n')):
         if heads <= 0 or width % heads:
             raise UserError(f'{part}_embd {width} does not split into {heads} heads ({part}_head)')
@@ -274,7 +274,7 @@ class Connector(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.fc = nn.Linear(cfg.enc_embd * cfg.merge ** 2, cfg.n_embd)
+        self.fc = nn.Linear(cfg.enc_embd * (cfg.merge ** 2 if cfg.visual_tokens == 'all' else 1), cfg.n_embd)
         self.norm = BatchNorm(cfg.n_embd) if cfg.connector_norm else nn.Identity()
 
     def forward(self, x):  # (B, P, Ce)
@@ -416,7 +416,8 @@ class NanoVLM(nn.Module):
         def blocks(layers, width, tokens):  # qkv, proj, MLP (12 width^2 weights a token), then attention
             return layers * (2 * 12 * width * width * tokens + 2 * 2 * tokens * tokens * width)
         patch = 2 * (c.img_size // k1) ** 2 * 3 * k1 * k1 * (Ce // 2) + 2 * N * (Ce // 2) * 16 * Ce + 2 * N * Ce * Ce
-        forward = (patch + blocks(c.enc_layer, Ce, 1 + N) + 2 * Ce * c.merge ** 2 * C * self.n_prefix
+        merged = c.merge ** 2 if c.visual_tokens == 'all' else 1  # patches side by side in a visual token
+        forward = (patch + blocks(c.enc_layer, Ce, 1 + N) + 2 * Ce * merged * C * self.n_prefix
                    + blocks(c.n_layer, C, S) + 2 * C * c.vocab_size * text_len)
         return 3 * forward
 

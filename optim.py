@@ -97,7 +97,10 @@ class Optimizers:
 
     def __init__(self, *optimizers):
         self.optimizers = optimizers
-        self.param_groups = [g for o in optimizers for g in o.param_groups]
+
+    @property
+    def param_groups(self):  # read afresh: load_state_dict gives each optimiser new group dicts
+        return [g for o in self.optimizers for g in o.param_groups]
 
     def step(self):
         for o in self.optimizers:

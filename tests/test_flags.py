@@ -197,7 +197,7 @@ def test_help_lists_every_flag_with_its_default_and_comment(run_main, script):
 
 def test_help_from_the_command_line_exits_0(run_script):
     p = run_script('train.py', '--help')
-    assert p.returncode == 0 and p.stdout.startswith('usage:') and '--max_iters=2000' in p.stdout, p.stderr
+    assert p.returncode == 0 and p.stdout.startswith('usage:') and '--max_iters=600' in p.stdout, p.stderr
 
 
 def test_misspelt_flag_names_the_closest(run_main):

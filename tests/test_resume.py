@@ -179,9 +179,8 @@ def test_resume_refuses_an_optimiser_grouped_otherwise(trained, run_script, tmp_
     shutil.copytree(trained.out_dir, out_dir)
     path = os.path.join(out_dir, 'ckpt.pt')
     ckpt = torch.load(path, weights_only=True)
-    last = ckpt['optimizer']['param_groups'][-1]
-    ckpt['optimizer']['param_groups'][-1:] = [{**last, 'params': last['params'][:1]},
-                                              {**last, 'params': last['params'][1:]}]
+    groups = ckpt['optimizer']['AdamW']['param_groups']
+    groups[-1:] = [{**groups[-1], 'params': groups[-1]['params'][:1]}, {**groups[-1], 'params': groups[-1]['params'][1:]}]
     torch.save(ckpt, path)
     before = open(path, 'rb').read()
     p = run_script('train.py', f'--out_dir={out_dir}', '--init_from=resume', '--max_iters=30')

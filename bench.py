@@ -31,6 +31,7 @@ from machine import keep_freed_memory, peak_flops, precision
 from cli import UserError, parse_flags, pick_device, run_cli
 from data import Split
 from model import NanoVLM, config_from
+from optim import configure_optimizer
 
 RUN_ONLY = ('out_dir', 'init_from', 'max_iters', 'min_lr', 'warmup_iters', 'eval_interval', 'eval_iters', 'log_interval',
             'n_samples', 'sheet', 'eval_scenes', 'target_grounding')  # train.py's flags about a whole run: no use here
@@ -48,11 +49,11 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def bench_training(model, splits, c, device, ctx, peak):
+def bench_training(model, splits, c, device, dtype, ctx, peak):
     """Median milliseconds waiting for a batch and taking a step, the FLOPs of a step, and the median MFU."""
     run_model = torch.compile(model) if c.compile else model
-    optimizer = model.configure_optimizer(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device.type,
-                                          c.enc_lr_scale)
+    optimizer = configure_optimizer(model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device.type,
+                                    c.enc_lr_scale, c.muon_lr, dtype)
     rng = np.random.default_rng(c.seed)
     styles = [s for s in c.styles.split(',') if s]
     waits, steps, flops = [], [], []
@@ -112,7 +113,7 @@ def main(argv):
     model = NanoVLM(config_from({**vars(c), 'vocab_size': len(tokenizer)})).to(device)
     peak, peak_source = peak_flops(device, dtype, c.peak_flops)
 
-    t = bench_training(model, splits, c, device, ctx, peak)
+    t = bench_training(model, splits, c, device, dtype, ctx, peak)
     model.eval()
     images = torch.from_numpy(np.array(splits['train'].images[:c.gen_images])).to(device)  # a copy: the memmap is read-only
     lengths = (splits['train'].tokens != data.PAD).sum(2)  # (N, 2): style token + text + end-of-text

@@ -105,11 +105,14 @@ CHANGEABLE_ON_RESUME = ('max_iters', 'eval_interval', 'eval_iters', 'log_interva
                         'target_grounding', 'device', 'dtype', 'compile', 'peak_flops')  # they change no step
 
 
+BEFORE_THEY_EXISTED = {'merge': 1, 'muon_lr': 0.0}  # settings an older checkpoint lacks: what it trained with
+
+
 def resume_settings(c, saved, given):
     """Take the run's settings from the checkpoint (saved). Only the flags typed on the command line (given; a
     preset counts as the one flag --size) may differ, and only those in CHANGEABLE_ON_RESUME (more steps, another
     device, other logging): any other that contradicts the checkpoint is refused."""
-    for key, value in saved.items():
+    for key, value in {**BEFORE_THEY_EXISTED, **saved}.items():
         if key in ('init_from', 'out_dir') or key in CHANGEABLE_ON_RESUME and key in given or not hasattr(c, key):
             continue
         if key in given and getattr(c, key) != value:

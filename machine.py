@@ -1,7 +1,7 @@
 """
 The machine a run uses, said once for train.py and bench.py: the precision it computes in (bfloat16 autocast on a
-GPU that has it), how a CPU keeps the memory of freed tensors, and the peak FLOP/s that MFU (the model's FLOPs per
-second) is a share of: a known GPU's bf16 peak, or on a CPU the best of a few matmuls measured at start-up.
+GPU or a CPU that has it), how a CPU keeps the memory of freed tensors, and the peak FLOP/s that MFU (the model's
+FLOPs per second) is a share of: a known GPU's bf16 peak, or on a CPU the best of a few matmuls measured at start-up.
 """
 import ctypes
 import time
@@ -14,15 +14,26 @@ from cli import UserError
 
 
 def precision(device, dtype):
-    """(dtype, autocast context) for --dtype: 'auto' is bfloat16 autocast on a GPU that has it, else float32.
+    """(dtype, autocast context) for --dtype: 'auto' is bfloat16 autocast on a GPU or a CPU that has it in hardware
+    (tiny's step: 2.1x faster than float32 on our 2 cores), else float32. Weights and optimiser state stay float32.
     On CUDA, float32 matmuls may use TF32 tensor cores as well."""
     if dtype not in ('auto', 'float32', 'bfloat16'):
         raise UserError(f'--dtype={dtype}: use auto, float32 or bfloat16')
     if dtype == 'auto':
-        dtype = 'bfloat16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+        dtype = 'bfloat16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() or \
+            device.type == 'cpu' and cpu_has_bfloat16() else 'float32'
     if device.type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return dtype, nullcontext() if dtype == 'float32' else torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def cpu_has_bfloat16():
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX-512 BF16 or AMX), as oneDNN reports it: there a
+    bf16 matmul is several times faster than a float32 one (5x on our 2 cores); elsewhere it is emulated, and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
 
 
 def keep_freed_memory(device):

@@ -324,17 +324,20 @@ def attention_maps(model, tokenizer, image, text, style='short', layer=None):
         # weights are averaged before renormalising, so a layer (or head) that hardly looks at the picture counts
         # little. A word is written by the queries that predict its tokens: the position before each token.
         P, chosen = model.n_prefix, decoder if layer is None else [decoder[layer]]
+        first = 0 if cfg.merge > 1 else 1  # the visual tokens on the picture: after CLS, or all (merged, no CLS)
+        grid //= cfg.merge  # one cell of the map for each visual token: merge x merge patches
         att = torch.stack(chosen).mean(0)[0].mean(0).double().cpu()  # (P+T, P+T), mean over layers and heads
         words = words_of(tokenizer, ids)
         rows = [att[[P + i for i in where]].mean(0) for _, where in words]  # ids[i] is predicted at P + i
-        labels, shares = [w for w, _ in words], [float(r[1:P].sum()) for r in rows]
-        maps = np.array([(r[1:P] / r[1:P].sum()).numpy().reshape(grid, grid) for r in rows]).reshape(-1, grid, grid)
+        labels, shares = [w for w, _ in words], [float(r[first:P].sum()) for r in rows]
+        maps = np.array([(r[first:P] / r[first:P].sum()).numpy().reshape(grid, grid) for r in rows]).reshape(-1, grid, grid)
         which = (f'all {cfg.n_layer} decoder layers (mean)' if layer is None else
                  f'decoder layer {layer % cfg.n_layer} alone (of 0 to {cfg.n_layer - 1})')
         about = (f'What the decoder attended to in the picture while writing each word ({style}): the attention of '
-                 f'the queries that predicted the word\'s tokens on the {N} patches, mean over {cfg.n_head} heads, '
+                 f'the queries that predicted the word\'s tokens on the {P - first} visual tokens ('
+                 f'{cfg.merge * cfg.patch_size} px squares), mean over {cfg.n_head} heads, '
                  f'{which} and the word\'s tokens, renormalised over the patches (each map sums to 1). Under each '
-                 f'map: the share of that attention on the patches at all (the rest went to CLS and the text).')
+                 f'map: the share of that attention on the picture at all (the rest went to the text' + (' and CLS' if first else '') + ').')
     return text, labels, maps, shares, about
 
 

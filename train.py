@@ -1,13 +1,14 @@
 """
 Train a NanoVLM to describe pictures.
 
-    python train.py --size=tiny                                  # CPU, minutes: the picture-book world
+    python train.py --size=tiny                                  # CPU, a minute: the picture-book world
     python train.py --size=mini --data_dir=data/coco --device=cuda
     python train.py --size=tiny --init_from=resume               # carry on from out_dir/ckpt.pt
     torchrun --standalone --nproc_per_node=8 train.py --size=base --data_dir=data/coco   # DDP, one node
 
 Every value below is a default; `--key=value` overrides it (its type is checked) and `--size=NAME` first applies a
-preset: the model fields of model.SIZES[NAME] and the run settings of RUNS[NAME]. Each step (each micro-step, with
+preset: the model fields of model.SIZES[NAME] and the run settings of RUNS[NAME] (tiny's are the speedrun's: Muon for
+the hidden matrices, optim.py, and a 600-step schedule; README, "The speedrun"). Each step (each micro-step, with
 --grad_accum) trains on one batch of images with their short or their long descriptions, styles taking turns; the
 decoder learns which one to write from the style token that starts the text (see data.py). Every eval_interval steps
 the run measures validation loss and the image gain (how much worse that loss is with the pictures shuffled: 0 for a
@@ -27,8 +28,9 @@ Under torchrun the same script trains with DistributedDataParallel (NCCL on GPUs
 reads its own share of each global batch (batch_size images per process and micro-step), gradients are averaged
 once per step (not per micro-step), and only the first process logs and saves. The loss is normalised by the
 target tokens of the whole global batch, and the connector's BatchNorm uses global-batch statistics, so N
-processes take exactly the steps one process would take on the union of their batches (a test checks it). A
-checkpoint saved by another number of processes resumes too, and the run says that it is no longer exact.
+processes take the steps one process would take on the union of their batches (exactly in float32, as a test
+checks; in bfloat16 up to each process's own rounding). A checkpoint saved by another number of processes resumes
+too, and the run says that it is no longer exact.
 """
 import gc
 import math
@@ -52,6 +54,7 @@ from cli import UserError, given_flags, parse_flags, pick_device, run_cli
 from machine import keep_freed_memory, peak_flops, precision
 from data import Split, describe
 from model import SIZES, NanoVLM, VLMConfig, check_config, config_from, global_sum
+from optim import configure_optimizer
 
 DEFAULTS = dict(
     # run
@@ -61,7 +64,7 @@ DEFAULTS = dict(
     init_from='scratch',         # 'scratch' or 'resume' (from out_dir/ckpt.pt)
     styles='short,long',         # which descriptions to train on, taking turns step by step
     style_token=True,            # start each text with its style's token (false: with <|endoftext|>, styles unmarked)
-    eval_interval=500,           # steps between validation, samples and a checkpoint
+    eval_interval=100,           # steps between validation, samples and a checkpoint
     eval_iters=10,               # batches per split and style to estimate a loss
     log_interval=25,             # steps between progress lines
     n_samples=3,                 # validation images described at each evaluation, printed beside the truth
@@ -71,11 +74,12 @@ DEFAULTS = dict(
     # optimisation (the paper: learning rate 1e-3; it states no other setting)
     batch_size=32,               # images per micro-step
     grad_accum=1,                # micro-steps per optimiser step
-    max_iters=2000,              # optimiser steps
-    learning_rate=3e-3,          # peak learning rate
+    max_iters=600,               # optimiser steps
+    learning_rate=3e-3,          # peak learning rate (AdamW's)
+    muon_lr=0.01,                # Muon's peak learning rate for the hidden matrices (0: AdamW for every parameter)
     enc_lr_scale=1.0,            # the encoder's weight matrices' learning rate as a share of the rest's (wide: less)
-    min_lr=1e-4,                 # learning rate at the end of the cosine
-    warmup_iters=100,            # linear warm-up steps
+    min_lr=0.0,                  # learning rate at the end of the cosine
+    warmup_iters=50,             # linear warm-up steps
     weight_decay=0.1,            # AdamW decay of matrices and embeddings
     beta1=0.9,                   # AdamW beta1
     beta2=0.99,                  # AdamW beta2
@@ -89,16 +93,18 @@ DEFAULTS = dict(
     # model: every VLMConfig field is a flag as well (--n_layer=6 ...); see model.py
     **{k: v for k, v in asdict(VLMConfig(**SIZES['tiny'])).items() if k != 'vocab_size'},
 )
+PAPER_RUN = dict(muon_lr=0.0, warmup_iters=100, min_lr=1e-4)  # the paper's sizes: AdamW alone (the paper's optimiser)
 RUNS = {  # what --size sets besides the model: the paper's sizes are runs for one GPU (the paper: lr 1e-3, no batch)
-    'tiny': {k: DEFAULTS[k] for k in ('out_dir', 'batch_size', 'max_iters', 'learning_rate', 'eval_interval')},  # the defaults
+    'tiny': {k: DEFAULTS[k] for k in ('out_dir', 'batch_size', 'max_iters', 'learning_rate', 'muon_lr', 'warmup_iters',
+                                      'min_lr', 'eval_interval')},  # the defaults
     # mini at tiny's lr and batch, for a CPU, its 400-wide encoder's matrices at a tenth (README, "The paper's sizes")
     'mini': dict(out_dir='out-mini', batch_size=32, max_iters=20000, learning_rate=3e-3, enc_lr_scale=0.1,
-                 eval_interval=1000),
+                 eval_interval=1000, **PAPER_RUN),
     # base and large: the same rates for their wider encoders (a probe, not a run: README), a larger batch for a GPU
     'base': dict(out_dir='out-base', batch_size=64, max_iters=20000, learning_rate=3e-3, enc_lr_scale=0.1,
-                 eval_interval=1000),
+                 eval_interval=1000, **PAPER_RUN),
     'large': dict(out_dir='out-large', batch_size=64, max_iters=20000, learning_rate=3e-3, enc_lr_scale=0.1,
-                  eval_interval=1000),
+                  eval_interval=1000, **PAPER_RUN),
 }
 PRESETS = {name: {**SIZES[name], **RUNS[name]} for name in SIZES}
 MINIMUM = {'batch_size': 1, 'grad_accum': 1, 'max_iters': 1, 'eval_interval': 1, 'eval_iters': 1, 'log_interval': 1,
@@ -303,8 +309,8 @@ def build_model(c, r, ckpt):
     torch.manual_seed(c.seed)
     r.rng = np.random.default_rng(c.seed)
     r.model = NanoVLM(config_from({**vars(c), 'vocab_size': len(r.tokenizer)})).to(r.device)
-    r.optimizer = r.model.configure_optimizer(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), r.device.type,
-                                              c.enc_lr_scale)
+    r.optimizer = configure_optimizer(r.model, c.weight_decay, c.learning_rate, (c.beta1, c.beta2), r.device.type,
+                                      c.enc_lr_scale, c.muon_lr, r.dtype)
     r.step, r.interval, r.resumed = 0, {}, ckpt is not None  # interval: style -> losses since the last progress line
     if ckpt:
         restore(c, r, ckpt)

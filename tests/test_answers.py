@@ -80,14 +80,14 @@ def test_the_section_has_a_row_with_its_answer_for_every_exercise(tmp_path, monk
     assert 'step 30: val/short 3.552' in before
     assert '--out_dir=out-tiny-seed1` (259 s): `out-tiny-seed1` step 30' in before
     assert 'facts true on the sheets: 1/2 at 0, 0/0 at 10' in rows[1]
-    assert '`out-800` step 30: val/short 3.552' in rows[6] and 'at each evaluation' not in rows[6]  # the last only
+    assert '`out-nonorm` step 30: val/short 3.552' in rows[6] and 'at each evaluation' not in rows[6]  # the last only
     assert 'val/long is above val/short at 3 of the 4 points loss.png draws (steps 0, 10, 20, 30)' in rows[2]
     assert 'precision 0.000 [' in rows[3] and 'words ' in rows[3]  # grade.py's table, a cell per column
     assert 'on 2 reference checkpoints (out-tiny, out-tiny-seed1' in rows[5]
     assert 'it names 0 of the 1 objects' in rows[5]
     assert 'blue: 0 of 2 name the blue tree, 0 say "tree" at all' in rows[5]
     assert '5 passed' in rows[12] and "student's copy (`python exercises/student.py 12`): 3 failed" in rows[12]
-    assert '| 30 s (12 s + 12 s + 12 s + 12 s + 12 s) at 66 GFLOP/s |' in rows[6]  # each long command, the peak
+    assert '| 30 s (12 s + 12 s + 12 s + 12 s) at 66 GFLOP/s |' in rows[6]  # each long command, the peak
     assert 'at commit 5adbec5 on' in text and text.startswith(answers.TEACHER)
     assert text.rstrip().endswith('How to grade: by the checks.')  # the closing paragraph kept
 

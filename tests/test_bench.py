@@ -16,7 +16,8 @@ def test_bench_prints_one_table(run_script, picturebook_dir):
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     lines = lines[next(i for i, line in enumerate(lines) if line.startswith('bench: tiny')):]  # after data preparation
-    assert 'GFLOP/s (measured: 1024x1024 float32 matmul on cpu)' in lines[0]
+    dtype = machine.precision(torch.device('cpu'), 'auto')[0]  # bfloat16 where the CPU has it
+    assert f'GFLOP/s (measured: 1024x1024 {dtype} matmul on cpu)' in lines[0] and f'on cpu in {dtype}' in lines[0]
     rows = dict(tuple(cell.strip() for cell in line.strip('|').split('|')) for line in lines[3:])
     assert rows['training step (median of 3)'].endswith(' ms')
     assert '% of a step' in rows['waiting for data'] and rows['MFU'].endswith('%')

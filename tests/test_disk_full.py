@@ -16,6 +16,7 @@ import data
 import grade
 from cli import UserError
 from model import NanoVLM
+from optim import configure_optimizer
 from servers import coco_server
 
 FULL = 'the disk is full writing {} (kept: {}); free some space and run again'
@@ -44,7 +45,7 @@ def fill(disk, leave):
 
 def test_checkpoint_save_keeps_the_last_good_one(disk, tiny):
     model = NanoVLM(tiny())
-    optimizer = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), 'cpu')
+    optimizer = configure_optimizer(model, 0.1, 1e-3, (0.9, 0.99), 'cpu')
     tokenizer, path = data.Tokenizer([]), os.path.join(disk, 'ckpt.pt')
     checkpoint.save_checkpoint(path, model, optimizer, tokenizer, 300, {})
     fill(disk, 8192)

@@ -29,7 +29,7 @@ def test_train_writes_checkpoint(trained, tiny_fields):
     assert ckpt['tokenizer'] == vocab
     assert ckpt['model_args']['vocab_size'] == len(data.Tokenizer.from_state(vocab))
     assert ckpt['model']['wte.weight'].shape == (ckpt['model_args']['vocab_size'], tiny_fields['n_embd'])
-    assert ckpt['optimizer']['state'], 'the optimiser state was not saved'
+    assert ckpt['optimizer']['Muon']['state'] and ckpt['optimizer']['AdamW']['state'], 'the optimiser state was not saved'
     assert not os.path.exists(os.path.join(trained.out_dir, 'ckpt.pt.tmp'))
     assert re.search(r'^step 0: ', trained.stdout, re.M) and re.search(r'^step 20: ', trained.stdout, re.M)
     assert re.search(r'^done: 20 steps', trained.stdout, re.M), trained.stdout
@@ -90,7 +90,7 @@ def test_resume_continues(trained, run_script, train_flags, tmp_path):
     assert after['model_args'] == before['model_args'] and after['tokenizer'] == before['tokenizer']
     assert not torch.equal(after['model']['wte.weight'], before['model']['wte.weight']), 'no training after resume'
     # resumed, not restarted: the optimiser carries on counting its steps from the checkpoint's 20
-    steps = [s['step'] for s in after['optimizer']['state'].values()]
+    steps = [s['step'] for s in after['optimizer']['AdamW']['state'].values()]  # Muon keeps no count
     assert steps and all(float(s) == 30 for s in steps)
 
 
@@ -99,7 +99,7 @@ def test_encoder_learns_at_its_share_of_the_rate(picturebook_dir, run_script, tr
     out_dir = str(tmp_path / 'scaled')
     flags = [f for f in train_flags if not f.startswith(('--max_iters=', '--eval_interval='))]
     p = run_script('train.py', f'--data_dir={picturebook_dir}', f'--out_dir={out_dir}', '--enc_lr_scale=0.25',
-                   '--max_iters=3', '--eval_interval=3', '--warmup_iters=10', *flags)
+                   '--max_iters=3', '--eval_interval=3', '--warmup_iters=10', '--muon_lr=0', *flags)  # AdamW alone
     assert p.returncode == 0, p.stdout + p.stderr
     groups = load(os.path.join(out_dir, 'ckpt.pt'))['optimizer']['param_groups']
     rates = sorted({(g['lr_scale'], g['lr']) for g in groups})

@@ -136,7 +136,7 @@ def test_commands_of_an_exercise_run_with_its_solution(picturebook_dir, tmp_path
     copy_of_repository(tmp_path)
     apply(os.path.join(tmp_path, 'exercises', 'solutions', NEEDS_SOLUTION[number]), tmp_path)
     shutil.copytree(picturebook_dir, tmp_path / 'data' / 'picturebook')
-    todo = [shrunk(argv) for _, argv in commands({6, number}) if argv[1] in SCRIPTS]
+    todo = [shrunk(argv) for _, argv in commands({0, 6, number}) if argv[1] in SCRIPTS]
     assert len(todo) > 5
     p = run(['-c', RUN_COMMANDS, json.dumps(todo)], tmp_path)
     assert p.returncode == 0 and 'Traceback' not in p.stderr, p.stdout[-3000:] + p.stderr[-3000:]

@@ -197,7 +197,7 @@ def test_help_lists_every_flag_with_its_default_and_comment(run_main, script):
 
 def test_help_from_the_command_line_exits_0(run_script):
     p = run_script('train.py', '--help')
-    assert p.returncode == 0 and p.stdout.startswith('usage:') and '--max_iters=2000' in p.stdout, p.stderr
+    assert p.returncode == 0 and p.stdout.startswith('usage:') and '--max_iters=600' in p.stdout, p.stderr
 
 
 def test_misspelt_flag_names_the_closest(run_main):
@@ -245,7 +245,7 @@ def test_bench_refuses_flags_it_would_ignore(run_main):
 # -----------------------------------------------------------------------------
 # The house: a file a sitting, imports one way, the world without torch.
 
-LAYERS = ['cli', 'picturebook', 'data', 'model', 'machine', 'checkpoint', 'chat', 'batch', 'build', 'grade', 'pictures', 'train',
+LAYERS = ['cli', 'picturebook', 'data', 'model', 'optim', 'machine', 'checkpoint', 'chat', 'batch', 'build', 'grade', 'pictures', 'train',
           'sample', 'bench', 'serve']
 
 

@@ -7,6 +7,7 @@ import torch
 import model
 from cli import UserError
 from model import SIZES, NanoVLM, VLMConfig
+from optim import configure_optimizer
 
 
 def make_model(cfg, seed=0, spread=None):
@@ -354,7 +355,7 @@ def test_loss_falls_on_a_fixed_batch(tiny):
         cfg = tiny(visual_tokens=visual_tokens)
         torch.manual_seed(0)
         m = NanoVLM(cfg).train()
-        optimizer = m.configure_optimizer(0.0, 1e-2, (0.9, 0.99), 'cpu')
+        optimizer = configure_optimizer(m, 0.0, 1e-2, (0.9, 0.99), 'cpu')
         images, toks = batch(cfg, B=4, T=25)
         x, y = toks[:, :-1], toks[:, 1:].contiguous()
         losses = []
@@ -372,7 +373,7 @@ def test_optimizer_groups(tiny):
     """Every parameter is optimised exactly once; matrices decay (wte and wpe too), biases, norms and the encoder's
     CLS and positions do not."""
     m = make_model(tiny())
-    opt = m.configure_optimizer(0.1, 1e-3, (0.9, 0.99), 'cpu')
+    opt = configure_optimizer(m, 0.1, 1e-3, (0.9, 0.99), 'cpu')
     decay, no_decay = opt.param_groups
     assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
     ids = [id(p) for g in opt.param_groups for p in g['params']]
@@ -386,7 +387,7 @@ def test_encoder_learning_rate_groups(tiny):
     """enc_lr_scale gives the encoder's matrices their share of the learning rate; its vectors (positions, CLS,
     biases, norms) and everything outside it keep the full rate; matrices decay, vectors do not."""
     m = make_model(tiny())
-    opt = m.configure_optimizer(0.1, 1e-3, (0.9, 0.99), 'cpu', enc_lr_scale=0.25)
+    opt = configure_optimizer(m, 0.1, 1e-3, (0.9, 0.99), 'cpu', enc_lr_scale=0.25)
     vectors = {id(m.encoder.pos), id(m.encoder.cls)} | {id(p) for p in m.parameters() if p.dim() < 2}
     slow = {id(p) for p in m.encoder.parameters()} - vectors
     ids = [id(p) for g in opt.param_groups for p in g['params']]
@@ -395,7 +396,26 @@ def test_encoder_learning_rate_groups(tiny):
         assert g['params'] and all((id(p) in slow) == (g['lr_scale'] == 0.25) for p in g['params'])
         assert all(id(p) not in vectors for p in g['params']) == (g['weight_decay'] == 0.1)
     assert m.encoder.patch_embed.conv1.weight is opt.param_groups[0]['params'][0] and len(opt.param_groups) == 3
-    assert [g['lr_scale'] for g in m.configure_optimizer(0.1, 1e-3, (0.9, 0.99), 'cpu').param_groups] == [1.0, 1.0]
+    assert [g['lr_scale'] for g in configure_optimizer(m, 0.1, 1e-3, (0.9, 0.99), 'cpu').param_groups] == [1.0, 1.0]
+
+
+def test_merged_visual_tokens_are_squares_of_patches(tiny):
+    """merge=2: each visual token is a 2x2 square of neighbouring patches side by side (CLS dropped), in the
+    order of the squares, left to right and top to bottom."""
+    m = NanoVLM(tiny(visual_tokens='all', merge=2))
+    g, Ce, S = m.config.img_size // m.config.patch_size, m.config.enc_embd, m.config.img_size
+    patch_number = torch.arange(1 + g * g, dtype=torch.float32) - 1  # CLS is -1
+    m.encoder.forward = lambda pixels: patch_number[None, :, None].expand(len(pixels), -1, Ce)
+    m.connector.forward = lambda x: x
+    tokens = m.visual_prefix(torch.zeros(2, S, S, 3, dtype=torch.uint8))  # (2, g^2/4, 4 Ce)
+    assert tokens.shape == (2, g * g // 4, 4 * Ce) and m.n_prefix == g * g // 4
+    for t in range(g * g // 4):
+        r, c = divmod(t, g // 2)
+        square = [(2 * r + i) * g + 2 * c + j for i in range(2) for j in range(2)]
+        assert tokens[1, t].view(4, Ce)[:, 0].tolist() == square
+    with pytest.raises(UserError, match='merge 3'):
+        NanoVLM(tiny(visual_tokens='all', merge=3))
+    assert NanoVLM(tiny(merge=2)).n_prefix == 1  # CLS alone: nothing to merge
 
 
 def test_bad_visual_tokens_is_user_error(tiny):

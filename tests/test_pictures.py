@@ -133,7 +133,7 @@ def test_attention_per_word(checkpoint, tmp_path):
     model, tokenizer, _, images = checkpoint
     text = 'There is a big red ball on the left. The sky is blue.'
     words, maps = pictures.attention_picture(model, tokenizer, images[0], text, tmp_path / 'words.png')
-    assert words == text.split() and maps.shape == (len(words), 4, 4)
+    assert words == text.split() and maps.shape == (len(words), 2, 2)  # 4x4 patches, 2x2 merged
     assert (maps >= 0).all() and np.abs(maps.sum((1, 2)) - 1).max() < 1e-5
     read_png(tmp_path / 'words.png')
     words, maps = pictures.attention_picture(model, tokenizer, images[1], None, tmp_path / 'described.png', layer=-1)

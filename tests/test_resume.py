@@ -9,10 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import checkpoint
+import train
 from conftest import ROOT, TRAIN_FLAGS
 
 # A run long enough to be interrupted, with checkpoints every 10 steps and a line in the log every 2.
@@ -179,9 +182,8 @@ def test_resume_refuses_an_optimiser_grouped_otherwise(trained, run_script, tmp_
     shutil.copytree(trained.out_dir, out_dir)
     path = os.path.join(out_dir, 'ckpt.pt')
     ckpt = torch.load(path, weights_only=True)
-    last = ckpt['optimizer']['param_groups'][-1]
-    ckpt['optimizer']['param_groups'][-1:] = [{**last, 'params': last['params'][:1]},
-                                              {**last, 'params': last['params'][1:]}]
+    groups = ckpt['optimizer']['AdamW']['param_groups']
+    groups[-1:] = [{**groups[-1], 'params': groups[-1]['params'][:1]}, {**groups[-1], 'params': groups[-1]['params'][1:]}]
     torch.save(ckpt, path)
     before = open(path, 'rb').read()
     p = run_script('train.py', f'--out_dir={out_dir}', '--init_from=resume', '--max_iters=30')
@@ -211,3 +213,11 @@ def test_resume_with_a_preset_takes_the_checkpoints_settings(trained, run_script
     assert p.returncode == 0, p.stderr
     assert 'done: 24 steps' in p.stdout, p.stdout
     assert torch.load(path, weights_only=True)['config']['learning_rate'] == 2e-3
+
+
+def test_a_checkpoint_from_before_merge_and_muon_resumes_with_what_it_trained_with():
+    """Settings added since a checkpoint was saved take the values it trained with, not today's defaults."""
+    c = SimpleNamespace(**train.DEFAULTS)
+    saved = {k: v for k, v in train.DEFAULTS.items() if k not in checkpoint.BEFORE_THEY_EXISTED}
+    checkpoint.resume_settings(c, saved, given=())
+    assert c.merge == 1 and c.muon_lr == 0.0 and train.DEFAULTS['merge'] == 2

@@ -93,7 +93,7 @@ def test_describe_streams_words_marks_facts_and_sends_attention(live):
     assert done['grounding'].endswith('1/1 objects named') and ' facts true, ' in done['grounding']
     a = done['attention']
     assert len(a['labels']) == len(done['words']) == len(a['maps']) == len(a['shares'])
-    grid = model.config.img_size // model.config.patch_size
+    grid = model.config.img_size // model.config.patch_size // model.config.merge  # a cell a visual token
     assert np.array(a['maps']).shape == (len(a['labels']), grid, grid)
     assert np.allclose(np.array(a['maps']).sum((1, 2)), 1, atol=1e-3) and all(0 < s <= 1 for s in a['shares'])
     status, picture = request(server, 'POST', '/api/picture', {'scene': SCENE})

@@ -67,8 +67,8 @@ class VLMConfig:
 
 
 # Presets: the paper's Table 1 (mini, base, large; 224 px, 16 px patches, dropout 0.1) and ours for a CPU.
-# 'tiny' sees 64 px pictures in 8 px patches and hands all 65 visual tokens to the decoder, which learns to name
-# what is where far faster than through the single CLS token (measured: README, "The paper's sizes, and why ...").
+# 'tiny' sees 64 px pictures in 8 px patches and hands all of them to the decoder, merged 2x2 into 16 visual tokens:
+# it learns to name what is where far faster than through the single CLS token (README, "The paper's sizes, ...").
 SIZES = {
     'tiny': dict(img_size=64, patch_size=8, enc_layer=2, enc_embd=128, enc_head=4, n_layer=4, n_head=4, n_embd=128,
                  visual_tokens='all', merge=2, dropout=0.0),

@@ -276,9 +276,9 @@ def attention_picture(model, tokenizer, image, text, path, style='short', layer=
 def attention_maps(model, tokenizer, image, text, style='short', layer=None):
     """Where the model looked in image (uint8 (S, S, 3)) while writing text: a string, the token ids the model
     wrote (a list; encoding its text again may spell it otherwise), or None (describe it first, greedily).
-    visual_tokens='all': one heatmap per word (pictures.words_of) over the image's patches; 'cls': one heatmap,
-    what the encoder's CLS token (the decoder's only view of the image) attended to. layer: a decoder block, or
-    None for the mean over all of them. Returns (text, labels, maps, shares, about): the words (or ['CLS']), float64
+    visual_tokens='all': one heatmap per word (pictures.words_of) over the image's patches (or merged squares of
+    them, with merge); 'cls': one heatmap, what the encoder's CLS token (the decoder's only view of the image)
+    attended to. layer: a decoder block, or None for the mean over all of them. Returns (text, labels, maps, shares, about): the words (or ['CLS']), float64
     maps (n, gh, gw) each summing to one over the image, each map's share of its attention on the picture at all,
     and a sentence saying what the maps are."""
     cfg, device = model.config, next(model.parameters()).device
@@ -336,8 +336,9 @@ def attention_maps(model, tokenizer, image, text, style='short', layer=None):
         about = (f'What the decoder attended to in the picture while writing each word ({style}): the attention of '
                  f'the queries that predicted the word\'s tokens on the {P - first} visual tokens ('
                  f'{cfg.merge * cfg.patch_size} px squares), mean over {cfg.n_head} heads, '
-                 f'{which} and the word\'s tokens, renormalised over the patches (each map sums to 1). Under each '
-                 f'map: the share of that attention on the picture at all (the rest went to the text' + (' and CLS' if first else '') + ').')
+                 f'{which} and the word\'s tokens, renormalised over the picture (each map sums to 1). Under each '
+                 f'map: the share of that attention on the picture at all (the rest went to the text'
+                 + (' and CLS).' if first else ').'))
     return text, labels, maps, shares, about
 
 

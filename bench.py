@@ -7,7 +7,7 @@ How fast is it here? Times training, the wait for data, and generation for a pre
 
 Training: `warmup` untimed optimiser steps, then `steps` timed ones on the real prepared data, each split into the
 wait for its batch (slicing the memory-mapped arrays and copying to the device) and the step itself (train.py's own
-train_step: forward, backward, clipping, AdamW). The table shows medians. MFU is the model's FLOPs per step
+train_step: forward, backward, clipping, the optimiser). The table shows medians. MFU is the model's FLOPs per step
 (model.flops_per_image) over the step's time, as a share of the peak (machine.peak_flops: on a CPU, the best
 1024x1024 matmul in the same dtype, measured at start-up).
 

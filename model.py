@@ -278,7 +278,7 @@ class Connector(nn.Module):
         self.fc = nn.Linear(cfg.enc_embd * (cfg.merge ** 2 if cfg.visual_tokens == 'all' else 1), cfg.n_embd)
         self.norm = BatchNorm(cfg.n_embd) if cfg.connector_norm else nn.Identity()
 
-    def forward(self, x):  # (B, P, Ce)
+    def forward(self, x):  # (B, P, Ce), or (B, P, merge^2 Ce) for merged tokens
         return self.norm(F.gelu(self.fc(x)))  # (B, P, C), statistics over batch and tokens, per feature
 
 
@@ -417,8 +417,7 @@ class NanoVLM(nn.Module):
         def blocks(layers, width, tokens):  # qkv, proj, MLP (12 width^2 weights a token), then attention
             return layers * (2 * 12 * width * width * tokens + 2 * 2 * tokens * tokens * width)
         patch = 2 * (c.img_size // k1) ** 2 * 3 * k1 * k1 * (Ce // 2) + 2 * N * (Ce // 2) * 16 * Ce + 2 * N * Ce * Ce
-        merged = c.merge ** 2 if c.visual_tokens == 'all' else 1  # patches side by side in a visual token
-        forward = (patch + blocks(c.enc_layer, Ce, 1 + N) + 2 * Ce * merged * C * self.n_prefix
+        forward = (patch + blocks(c.enc_layer, Ce, 1 + N) + 2 * self.connector.fc.in_features * C * self.n_prefix
                    + blocks(c.n_layer, C, S) + 2 * C * c.vocab_size * text_len)
         return 3 * forward
 

@@ -32,10 +32,10 @@ def configure_optimizer(model, weight_decay, learning_rate, betas, device_type, 
               for p in part.parameters() if p.dim() >= 2} if muon_lr else set()
     matrix = lambda p: p.dim() >= 2 and p is not model.encoder.pos and p is not model.encoder.cls
     slow = lambda p: enc_lr_scale != 1 and id(p) in encoder and matrix(p)
-    adamw = [p for p in params if id(p) not in hidden]
-    groups = [{'params': [p for p in adamw if slow(p)], 'weight_decay': weight_decay, 'lr_scale': enc_lr_scale},
-              {'params': [p for p in adamw if matrix(p) and not slow(p)], 'weight_decay': weight_decay, 'lr_scale': 1.0},
-              {'params': [p for p in adamw if not matrix(p)], 'weight_decay': 0.0, 'lr_scale': 1.0}]
+    rest = [p for p in params if id(p) not in hidden]  # AdamW's
+    groups = [{'params': [p for p in rest if slow(p)], 'weight_decay': weight_decay, 'lr_scale': enc_lr_scale},
+              {'params': [p for p in rest if matrix(p) and not slow(p)], 'weight_decay': weight_decay, 'lr_scale': 1.0},
+              {'params': [p for p in rest if not matrix(p)], 'weight_decay': 0.0, 'lr_scale': 1.0}]
     fused = device_type == 'cuda' or device_type == 'cpu' and tuple(map(int, torch.__version__.split('.')[:2])) >= (2, 4)
     adamw = torch.optim.AdamW([g for g in groups if g['params']], lr=learning_rate, betas=betas, fused=fused)
     if not muon_lr:

@@ -278,9 +278,9 @@ def attention_maps(model, tokenizer, image, text, style='short', layer=None):
     wrote (a list; encoding its text again may spell it otherwise), or None (describe it first, greedily).
     visual_tokens='all': one heatmap per word (pictures.words_of) over the image's patches (or merged squares of
     them, with merge); 'cls': one heatmap, what the encoder's CLS token (the decoder's only view of the image)
-    attended to. layer: a decoder block, or None for the mean over all of them. Returns (text, labels, maps, shares, about): the words (or ['CLS']), float64
-    maps (n, gh, gw) each summing to one over the image, each map's share of its attention on the picture at all,
-    and a sentence saying what the maps are."""
+    attended to. layer: a decoder block, or None for the mean over all of them. Returns (text, labels, maps, shares,
+    about): the words (or ['CLS']), float64 maps (n, gh, gw) each summing to one over the image, each map's share of
+    its attention on the picture at all, and a sentence saying what the maps are."""
     cfg, device = model.config, next(model.parameters()).device
     image = np.asarray(image, dtype=np.uint8)
     if image.shape != (cfg.img_size, cfg.img_size, 3):
@@ -324,8 +324,8 @@ def attention_maps(model, tokenizer, image, text, style='short', layer=None):
         # weights are averaged before renormalising, so a layer (or head) that hardly looks at the picture counts
         # little. A word is written by the queries that predict its tokens: the position before each token.
         P, chosen = model.n_prefix, decoder if layer is None else [decoder[layer]]
-        first = 0 if cfg.merge > 1 else 1  # the visual tokens on the picture: after CLS, or all (merged, no CLS)
         grid //= cfg.merge  # one cell of the map for each visual token: merge x merge patches
+        first = P - grid * grid  # the tokens before those on the picture: CLS, where the prefix has it
         att = torch.stack(chosen).mean(0)[0].mean(0).double().cpu()  # (P+T, P+T), mean over layers and heads
         words = words_of(tokenizer, ids)
         rows = [att[[P + i for i in where]].mean(0) for _, where in words]  # ids[i] is predicted at P + i

@@ -186,7 +186,8 @@ def show_samples(texts, tokenizer, split, c, scenes, step):
 
 def train_step(run_model, model, optimizer, styles, step, c, ctx, world, get_batch):
     """c.grad_accum micro-steps, each on get_batch(style) -> (images, x, y), styles taking turns; then clipping and
-    AdamW. run_model is the model as it runs (compiled, wrapped in DDP or neither), model the module underneath.
+    the optimiser (optim.py). run_model is the model as it runs (compiled, wrapped in DDP or neither), model the
+    module underneath.
     Returns ({style: its loss over the global batch, a tensor, averaged over its micro-steps}, FLOPs of this
     process): with --grad_accum=2 a step trains on both styles, and both are logged."""
     ddp, flops, losses = isinstance(run_model, DistributedDataParallel), 0, {}

@@ -42,6 +42,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
+import data  # noqa: E402
 import machine  # noqa: E402
 import picturebook  # noqa: E402
 import pictures  # noqa: E402
@@ -250,8 +251,7 @@ def eval_lines(output):
 def log_eval(out_dir):
     """The last evaluation in out_dir/train_log.jsonl, for a run made before (its output not recorded)."""
     path = os.path.join(ROOT, out_dir, 'train_log.jsonl')
-    evals = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
-    evals = [e for e in evals if 'eval' in e]
+    evals = [e for e in data.read_log(path) if 'eval' in e]  # a missing log: none
     return {'step': evals[-1]['step'], **evals[-1]['eval']} if evals else {}
 
 

@@ -125,8 +125,8 @@ class SelfAttention(nn.Module):
                 k, v = torch.cat([cache['k'], k], dim=2), torch.cat([cache['v'], v], dim=2)
             cache['k'], cache['v'] = k, v
         causal = self.causal and q.size(2) == k.size(2)  # a single new query may see every cached key
-        # Written out, the weights exist to be kept; and on a CPU in bfloat16 this is 2-3x faster than PyTorch's
-        # fused kernel, forward and backward (measured for tiny's sequences on our 2 cores)
+        # Written out, the weights exist to be kept; and on a CPU in bfloat16 this is 3-6x faster than PyTorch's
+        # fused kernel, forward and backward, for tiny's sequences (README, "The speedrun": ideas that did not help)
         if self.keep_weights or q.device.type == 'cpu' and q.dtype == torch.bfloat16:
             att = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, Tk)
             if causal:

@@ -21,9 +21,12 @@ Datasets from photos (COCO, a folder, your own JSONL) are built by build.py into
     python data.py --img_size=224 --out=data/picturebook224    # at the paper's image size, for --size=mini and up
 """
 import contextlib
+import itertools
 import json
+import multiprocessing
 import os
 import random
+import signal
 import warnings
 
 import numpy as np
@@ -220,15 +223,14 @@ def load_image(path, size, name=None):
 def make_picturebook(out_dir, n_train=12000, n_val=500, n_test=500, img_size=64, seed=1337):
     """Draw and describe n_train + n_val + n_test scenes into out_dir. Deterministic for a seed; a scene in val or
     test never occurs in train (test is drawn first, then val, then train). One random sequence writes the text, in
-    order, here (the pool's feeding thread runs it) while the pool's processes draw the pictures. Returns them for
+    order, in a process of its own (written_pages) while the pool's processes draw the pictures. Returns them for
     prepare(), {split: [their pixels as bytes]} (none over 64 px: gigabytes), or None if out_dir had a dataset."""
     if os.path.exists(os.path.join(out_dir, 'train.jsonl')):
         print(f'{out_dir} already has a dataset; using it (delete the folder to draw a new one)')
         return None
     os.makedirs(os.path.join(out_dir, 'images'), exist_ok=True)
     records, pictures = {'test': [], 'val': [], 'train': []}, {'test': [], 'val': [], 'train': []}
-    pages = picturebook.pages([('test', n_test), ('val', n_val), ('train', n_train)], seed)
-    with worker_pool() as pool:
+    with written_pages([('test', n_test), ('val', n_val), ('train', n_train)], seed) as pages, worker_pool() as pool:
         for (split, i, scene, short, long), pixels in pool.imap(draw_page, ((p, img_size, out_dir) for p in pages), 128):
             rid = f'{split}-{i:05d}'
             records[split].append({'id': rid, 'image': f'images/{rid}.png', 'short': short, 'long': long, 'scene': scene})
@@ -237,6 +239,29 @@ def make_picturebook(out_dir, n_train=12000, n_val=500, n_test=500, img_size=64,
         write_jsonl(os.path.join(out_dir, f'{split}.jsonl'), [add_beginnings(r) for r in rows] if split == 'test' else rows)
     print(f'wrote {n_train}/{n_val}/{n_test} train/val/test picture-book scenes to {out_dir}')
     return pictures
+
+
+@contextlib.contextmanager
+def written_pages(counts, seed):
+    """picturebook.pages, written by a process of their own and received here as they come: the text is one random
+    sequence, so one core writes it all while the others draw the pictures."""
+    received, send = multiprocessing.Pipe(duplex=False)
+    writer = multiprocessing.Process(target=write_pages, args=(send, counts, seed), daemon=True)
+    writer.start()
+    send.close()  # the writer's end, closed here: once the writer is gone, receiving says so (EOFError)
+    try:
+        yield (page for hundred in iter(received.recv, None) for page in hundred)
+    finally:
+        writer.terminate()
+
+
+def write_pages(send, counts, seed):
+    """The writer's work: the pages, a hundred to a message (a message a page, the two processes wait on each other)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to answer
+    pages = picturebook.pages(counts, seed)
+    while hundred := list(itertools.islice(pages, 100)):
+        send.send(hundred)
+    send.send(None)
 
 
 def draw_page(task):

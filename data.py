@@ -21,6 +21,7 @@ Datasets from photos (COCO, a folder, your own JSONL) are built by build.py into
     python data.py --img_size=224 --out=data/picturebook224    # at the paper's image size, for --size=mini and up
 """
 import contextlib
+import functools
 import itertools
 import json
 import multiprocessing
@@ -220,19 +221,25 @@ def load_image(path, size, name=None):
 # -----------------------------------------------------------------------------
 # 2. The picture-book world as a dataset folder: PNGs in images/, one JSONL per split
 
-def make_picturebook(out_dir, n_train=12000, n_val=500, n_test=500, img_size=64, seed=1337):
+def make_picturebook(out_dir, n_train=12000, n_val=500, n_test=500, img_size=64, seed=1337, meanwhile=None):
     """Draw and describe n_train + n_val + n_test scenes into out_dir. Deterministic for a seed; a scene in val or
     test never occurs in train (test is drawn first, then val, then train). One random sequence writes the text, in
     order, in a process of its own (written_pages) while the pool's processes draw the pictures. Returns them for
-    prepare(), {split: [their pixels as bytes]} (none over 64 px: gigabytes), or None if out_dir had a dataset."""
+    prepare(), {split: [their pixels as bytes]} (none over 64 px: gigabytes), or None if out_dir had a dataset.
+    meanwhile: this process's own work, done while the others write and draw."""
     if os.path.exists(os.path.join(out_dir, 'train.jsonl')):
         print(f'{out_dir} already has a dataset; using it (delete the folder to draw a new one)')
         return None
     os.makedirs(os.path.join(out_dir, 'images'), exist_ok=True)
     records, pictures = {'test': [], 'val': [], 'train': []}, {'test': [], 'val': [], 'train': []}
     with written_pages([('test', n_test), ('val', n_val), ('train', n_train)], seed) as pages, worker_pool() as pool:
-        for (split, i, scene, short, long), pixels in pool.imap(draw_page, ((p, img_size, out_dir) for p in pages), 128):
+        drawn = pool.imap(draw_page, ((p, img_size, out_dir) for p in pages), 128)
+        if meanwhile:
+            meanwhile()
+        for (split, i, scene, short, long), pixels in drawn:
             rid = f'{split}-{i:05d}'
+            if split != 'test':  # split into GPT-2's tokens here, while the text is still being written: prepare() finds
+                gpt2_tokens(short), gpt2_tokens(long)  # them remembered
             records[split].append({'id': rid, 'image': f'images/{rid}.png', 'short': short, 'long': long, 'scene': scene})
             pictures[split] += [pixels] if img_size <= 64 else []
     for split, rows in records.items():
@@ -297,6 +304,13 @@ def gpt2_encoding():
                         "or point TIKTOKEN_CACHE_DIR at a folder that holds it") from None
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def gpt2_tokens(text):
+    """GPT-2's BPE of a text, remembered: preparing splits each training text twice (to fit the vocabulary, then to
+    encode it), and make_picturebook splits them before, while the text is written."""
+    return tuple(gpt2_encoding().encode_ordinary(text))
+
+
 class Tokenizer:
     def __init__(self, gpt2_ids):
         self.gpt2_ids = list(gpt2_ids)  # compact id len(SPECIALS) + i  <->  GPT-2 id gpt2_ids[i]
@@ -305,14 +319,13 @@ class Tokenizer:
 
     @classmethod
     def fit(cls, texts):
-        bpe = gpt2_encoding()
-        return cls(sorted({t for text in texts for t in bpe.encode_ordinary(text)}))  # (a batch's threads: slower)
+        return cls(sorted({t for text in texts for t in gpt2_tokens(text)}))
 
     def __len__(self):
         return len(SPECIALS) + len(self.gpt2_ids)
 
     def encode(self, text):
-        return [self.to_compact.get(t, UNK) for t in self.bpe.encode_ordinary(text)]
+        return [self.to_compact.get(t, UNK) for t in gpt2_tokens(text)]
 
     def decode(self, ids):
         """Text of the ids up to the first end-of-text; special tokens other than <|unk|> are dropped."""
@@ -427,13 +440,14 @@ def load_prepared(data_dir, split, img_size, n=None, vocab_size=None):
     return images, tokens
 
 
-def ensure_dataset(data_dir, img_size):
-    """Draw the picture-book world if it is the dataset asked for and is missing, then prepare the arrays."""
+def ensure_dataset(data_dir, img_size, meanwhile=None):
+    """Draw the picture-book world if it is the dataset asked for and is missing (meanwhile: make_picturebook's),
+    then prepare the arrays."""
     if not os.path.exists(os.path.join(data_dir, 'train.jsonl')):
         if os.path.normpath(data_dir) != os.path.normpath(PICTUREBOOK_DIR):
             raise UserError(f'no dataset in {data_dir} (train.jsonl missing); draw one with data.py or build one with build.py')
         print(f'drawing the picture-book dataset into {data_dir} (once)')
-        return prepare(data_dir, img_size, pictures=make_picturebook(data_dir, img_size=img_size))
+        return prepare(data_dir, img_size, pictures=make_picturebook(data_dir, img_size=img_size, meanwhile=meanwhile))
     return prepare(data_dir, img_size)
 
 

@@ -292,7 +292,7 @@ def load_data(c, r, resumed):
     """The tokenizer and the prepared train and val splits (the first process draws and prepares a missing
     picture-book world while the others wait), and the scenes of the validation images on the sample sheet."""
     if r.master:
-        r.tokenizer = data.ensure_dataset(c.data_dir, c.img_size)
+        r.tokenizer = data.ensure_dataset(c.data_dir, c.img_size, meanwhile=load_torch_compiler)
     if r.ddp:
         dist.barrier()
     if not r.master:
@@ -302,6 +302,12 @@ def load_data(c, r, resumed):
                     [:max(c.sheet, c.eval_scenes)]]
     if not resumed:  # room for the longest text (a resumed model keeps the size it was made with)
         c.block_size = max(c.block_size, max(s.tokens.shape[2] for s in r.splits.values()))
+
+
+def load_torch_compiler():
+    """torch.optim imports torch._dynamo with the first optimiser, a second's work on a CPU: a first run imports it
+    here, while other processes draw the picture-book world."""
+    import torch._dynamo  # noqa: F401
 
 
 def build_model(c, r, ckpt):

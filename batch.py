@@ -28,8 +28,8 @@ import time
 import requests
 
 import chat
-from cli import UserError, write_file
-from data import append_jsonl, loads, read_log
+from cli import UserError, loads, write_file
+from data import append_jsonl, read_log
 
 MAX_REQUESTS = 50_000  # requests in one batch file at most (the API's limit)
 MAX_BYTES = 200 << 20  # bytes in one batch file at most (the API's limit)

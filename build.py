@@ -37,8 +37,8 @@ from PIL import Image
 
 import batch
 import chat
-from cli import UserError, disk_full, file_hash, hold, inside, let_go, parse_flags, run_cli, write_failed
-from data import add_beginnings, loads, open_image, read_jsonl, read_log, write_jsonl
+from cli import UserError, disk_full, file_hash, hold, inside, let_go, loads, parse_flags, run_cli, write_failed
+from data import add_beginnings, open_image, read_jsonl, read_log, write_jsonl
 from picturebook import LENGTHS, STYLES, sentence_count, word_count
 
 # -----------------------------------------------------------------------------

@@ -31,8 +31,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import requests
 import urllib3
 
-from cli import UserError
-from data import MAX_DEPTH, append_jsonl, loads, open_image, too_deep
+from cli import MAX_DEPTH, UserError, loads, too_deep
+from data import append_jsonl, open_image
 
 # -----------------------------------------------------------------------------
 # 1. The flags of every script that calls a chat model (build.py, grade.py add their own)

@@ -9,13 +9,15 @@ indented commands of its docstring) and every flag with its default and its comm
 A mistake the user can make (a flag, a path, a file) is a UserError, and run_cli prints it as one line; so is a
 write that fails (a full disk), said with what was kept (write_failed). The --device flag means the same
 everywhere (pick_device). Files are written the one safe way: a path read from data is kept inside its folder
-(inside), a file is replaced whole under a temporary name of this process's own (write_file, temporary), and two
-runs that would write the same place are kept apart by one lock (hold).
+(inside), JSON from outside is parsed never deeper than MAX_DEPTH (loads), a file is replaced whole under a
+temporary name of this process's own (write_file, temporary), and two runs that would write the same place are
+kept apart by one lock (hold).
 """
 import contextlib
 import difflib
 import errno
 import hashlib
+import json
 import multiprocessing
 import os
 import re
@@ -146,6 +148,33 @@ def inside(root, relative, what):
             os.path.commonpath([base, os.path.realpath(path)]) != base:
         raise UserError(f'{what} {relative!r} points outside {root}; refused')
     return path
+
+
+MAX_DEPTH = 64  # JSON nested deeper than this (a record, a reply) is refused: Python's parser would overflow its stack
+
+
+def loads(text):
+    """json.loads for text from outside (a file, a server, a model's reply): ValueError, never RecursionError, for
+    JSON nested more than MAX_DEPTH deep."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise ValueError(f'it is JSON nested too deeply (more than {MAX_DEPTH} levels)') from None
+    if too_deep(obj):
+        raise ValueError(f'it is JSON nested too deeply (more than {MAX_DEPTH} levels)')
+    return obj
+
+
+def too_deep(obj):
+    """Whether obj (parsed JSON) nests lists and objects more than MAX_DEPTH deep; without recursion."""
+    stack = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                return True
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return False
 
 
 def temporary(path, suffix='.tmp'):

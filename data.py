@@ -13,8 +13,8 @@ This file holds, in the order data flows:
   2. the picture-book world (picturebook.py) written out as such a folder, offline and free;
   3. the tokenizer: GPT-2's BPE (tiktoken r50k_base), compacted to the tokens the training text uses;
   4. preparation: images and texts turned into numpy arrays once, so a training step never decodes an image;
-  5. batches: random slices of those arrays, as tensors on the training device;
-  6. and back: a model's tokens turned into descriptions (describe), for sampling and for the training log.
+  5. batches: random slices of those arrays, as tensors on the training device.
+A model's tokens become a description the other way in sample.py (describe).
 Datasets from photos (COCO, a folder, your own JSONL) are built by build.py into the same format.
 
     python data.py                                  # the picture-book world in data/picturebook, prepared at 64 px
@@ -35,7 +35,7 @@ import torch
 from PIL import Image, ImageOps
 
 import picturebook
-from cli import UserError, parse_flags, run_cli, temporary, worker_pool, write_failed, write_file
+from cli import UserError, loads, parse_flags, run_cli, temporary, worker_pool, write_failed, write_file
 from picturebook import STYLES
 
 # Pillow refuses a picture over twice its pixel limit and reads one over the limit with a warning; open_image refuses
@@ -47,33 +47,6 @@ PICTUREBOOK_DIR = 'data/picturebook'  # where train.py draws the picture-book wo
 
 # -----------------------------------------------------------------------------
 # 1. The format: JSONL records and their pictures
-
-MAX_DEPTH = 64  # JSON nested deeper than this (a record, a reply) is refused: Python's parser would overflow its stack
-
-
-def loads(text):
-    """json.loads for text from outside (a file, a server, a model's reply): ValueError, never RecursionError, for
-    JSON nested more than MAX_DEPTH deep."""
-    try:
-        obj = json.loads(text)
-    except RecursionError:
-        raise ValueError(f'it is JSON nested too deeply (more than {MAX_DEPTH} levels)') from None
-    if too_deep(obj):
-        raise ValueError(f'it is JSON nested too deeply (more than {MAX_DEPTH} levels)')
-    return obj
-
-
-def too_deep(obj):
-    """Whether obj (parsed JSON) nests lists and objects more than MAX_DEPTH deep; without recursion."""
-    stack = [(obj, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, (dict, list)):
-            if depth >= MAX_DEPTH:
-                return True
-            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
-    return False
-
 
 def read_jsonl(path, unique_ids=False):
     """The records of a JSONL file: one JSON object a line, blank lines allowed, UTF-8 with or without a byte-order
@@ -224,28 +197,29 @@ def load_image(path, size, name=None):
 def make_picturebook(out_dir, n_train=12000, n_val=500, n_test=500, img_size=64, seed=1337, meanwhile=None):
     """Draw and describe n_train + n_val + n_test scenes into out_dir. Deterministic for a seed; a scene in val or
     test never occurs in train (test is drawn first, then val, then train). One random sequence writes the text, in
-    order, in a process of its own (written_pages) while the pool's processes draw the pictures. Returns them for
-    prepare(), {split: [their pixels as bytes]} (none over 64 px: gigabytes), or None if out_dir had a dataset.
-    meanwhile: this process's own work, done while the others write and draw."""
+    order, in a process of its own (written_pages) while the pool's processes draw the pictures, and this process
+    does meanwhile() (its own work, if any). Returns for prepare() {split: (its records, their pixels as bytes)} (no
+    pixels over 64 px: gigabytes), or None if out_dir had a dataset."""
     if os.path.exists(os.path.join(out_dir, 'train.jsonl')):
         print(f'{out_dir} already has a dataset; using it (delete the folder to draw a new one)')
         return None
     os.makedirs(os.path.join(out_dir, 'images'), exist_ok=True)
-    records, pictures = {'test': [], 'val': [], 'train': []}, {'test': [], 'val': [], 'train': []}
+    drawn = {split: ([], []) for split in ('test', 'val', 'train')}
     with written_pages([('test', n_test), ('val', n_val), ('train', n_train)], seed) as pages, worker_pool() as pool:
-        drawn = pool.imap(draw_page, ((p, img_size, out_dir) for p in pages), 128)
+        pictures = pool.imap(draw_page, ((p, img_size, out_dir) for p in pages), 128)
         if meanwhile:
             meanwhile()
-        for (split, i, scene, short, long), pixels in drawn:
+        for (split, i, scene, short, long), pixels in pictures:
             rid = f'{split}-{i:05d}'
-            if split != 'test':  # split into GPT-2's tokens here, while the text is still being written: prepare() finds
+            if split != 'test':  # split into GPT-2's tokens now, while the text is still being written: prepare() finds
                 gpt2_tokens(short), gpt2_tokens(long)  # them remembered
-            records[split].append({'id': rid, 'image': f'images/{rid}.png', 'short': short, 'long': long, 'scene': scene})
-            pictures[split] += [pixels] if img_size <= 64 else []
-    for split, rows in records.items():
-        write_jsonl(os.path.join(out_dir, f'{split}.jsonl'), [add_beginnings(r) for r in rows] if split == 'test' else rows)
+            record = {'id': rid, 'image': f'images/{rid}.png', 'short': short, 'long': long, 'scene': scene}
+            drawn[split][0].append(add_beginnings(record) if split == 'test' else record)
+            drawn[split][1].extend([pixels] if img_size <= 64 else [])
+    for split, (records, _) in drawn.items():
+        write_jsonl(os.path.join(out_dir, f'{split}.jsonl'), records)
     print(f'wrote {n_train}/{n_val}/{n_test} train/val/test picture-book scenes to {out_dir}')
-    return pictures
+    return drawn
 
 
 @contextlib.contextmanager
@@ -362,12 +336,15 @@ def prepared_paths(data_dir, split, img_size):
     return os.path.join(data_dir, f'{split}.images{img_size}.npy'), os.path.join(data_dir, f'{split}.tokens.npy')
 
 
-def prepare(data_dir, img_size, splits=('train', 'val'), pictures=None):
+def prepare(data_dir, img_size, splits=('train', 'val'), drawn=None):
     """Turn each split's JSONL and images into arrays, or check the arrays an earlier run made against the JSONL.
-    pictures: make_picturebook's, drawn at img_size, used instead of reading the PNGs back. Returns the tokenizer."""
-    tok = vocabulary(data_dir)
+    drawn: make_picturebook's records and pixels (at img_size), used instead of reading them back. Returns the
+    tokenizer."""
+    drawn = drawn or {}
+    records_of = lambda split: drawn[split][0] if split in drawn else read_jsonl(os.path.join(data_dir, f'{split}.jsonl'))
+    tok = vocabulary(data_dir, records_of)
     for split in splits:
-        records = read_jsonl(os.path.join(data_dir, f'{split}.jsonl'))
+        records = records_of(split)
         if not records:
             raise UserError(f'{data_dir}/{split}.jsonl has no records')
         images_path, tokens_path = prepared_paths(data_dir, split, img_size)
@@ -387,7 +364,7 @@ def prepare(data_dir, img_size, splits=('train', 'val'), pictures=None):
             with open(partial[0], 'wb') as f:
                 np.lib.format.write_array_header_1_0(f, {'descr': '|u1', 'fortran_order': False,
                                                          'shape': (len(records), img_size, img_size, 3)})
-                f.writelines((pictures or {}).get(split) or  # as drawn, else read back from the PNGs
+                f.writelines(drawn.get(split, ([], []))[1] or  # as drawn, else read back from the PNGs
                              (load_image(os.path.join(data_dir, r['image']), img_size).tobytes() for r in records))
             np.save(partial[1], tokens)
             os.replace(partial[1], tokens_path)
@@ -404,8 +381,9 @@ def prepare(data_dir, img_size, splits=('train', 'val'), pictures=None):
     return tok
 
 
-def vocabulary(data_dir):
-    """The tokenizer of data_dir/vocab.json, fitted on the training texts and written there the first time."""
+def vocabulary(data_dir, records_of):
+    """The tokenizer of data_dir/vocab.json, fitted on the training texts (records_of('train')) and written there
+    the first time."""
     path = os.path.join(data_dir, 'vocab.json')
     if os.path.exists(path):
         try:
@@ -414,7 +392,7 @@ def vocabulary(data_dir):
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f'{path} is damaged ({e}); delete it and the .npy files beside it, and run again to prepare '
                             'them again (a checkpoint made with the old vocabulary cannot resume on the new one)')
-    tok = Tokenizer.fit(r[s] for r in read_jsonl(os.path.join(data_dir, 'train.jsonl')) for s in STYLES if r.get(s))
+    tok = Tokenizer.fit(r[s] for r in records_of('train') for s in STYLES if r.get(s))
     write_file(path, lambda f: json.dump(tok.state(), f), 'the dataset; the vocabulary is made again on the next run')
     return tok
 
@@ -447,7 +425,7 @@ def ensure_dataset(data_dir, img_size, meanwhile=None):
         if os.path.normpath(data_dir) != os.path.normpath(PICTUREBOOK_DIR):
             raise UserError(f'no dataset in {data_dir} (train.jsonl missing); draw one with data.py or build one with build.py')
         print(f'drawing the picture-book dataset into {data_dir} (once)')
-        return prepare(data_dir, img_size, pictures=make_picturebook(data_dir, img_size=img_size, meanwhile=meanwhile))
+        return prepare(data_dir, img_size, drawn=make_picturebook(data_dir, img_size=img_size, meanwhile=meanwhile))
     return prepare(data_dir, img_size)
 
 
@@ -484,38 +462,6 @@ class Split:
 
 
 # -----------------------------------------------------------------------------
-# 6. And back: descriptions from a model
-
-def start_tokens(tokenizer, style, prompt, block_size):
-    """What the model continues: [style token] + the prompt's tokens ([<|endoftext|>] + ... for style None). A
-    UserError if it leaves the model no room to write (block_size tokens is the longest text it reads)."""
-    if style is not None and style not in STYLE_TOKEN:
-        raise UserError(f'--style={style}: use short or long')
-    start = [STYLE_TOKEN[style] if style else EOT] + tokenizer.encode(prompt.rstrip())
-    if len(start) >= block_size:
-        raise UserError(f'the prompt is {len(start) - 1} tokens long; this model reads at most {block_size} tokens, so '
-                        f'give it a beginning of fewer than {block_size - 1} ({prompt[:40]!r}...)')
-    return start
-
-
-@torch.no_grad()
-def describe(model, tokenizer, images, style='short', prompt='', temperature=0.7, top_k=20, max_new_tokens=120,
-             use_cache=True, on_token=None):
-    """Descriptions of images (B, S, S, 3) uint8 (numpy or torch), each starting with its prompt: one string for
-    all, or a list of B prompts of the same length in tokens. The model continues [style token] + prompt, the way
-    every training text begins (style None: <|endoftext|>, for a model trained with --style_token=false).
-    on_token: called with each step's new tokens, as model.generate says. Returns B strings."""
-    device = next(model.parameters()).device
-    images = torch.as_tensor(np.array(images)).to(device)  # a copy: memory-mapped arrays are read-only
-    prompts = [prompt] * len(images) if isinstance(prompt, str) else prompt
-    starts = [start_tokens(tokenizer, style, p, model.config.block_size) for p in prompts]
-    idx = torch.tensor(starts, dtype=torch.long, device=device)  # (B, T): fails unless all have the same length
-    new = model.generate(images, idx, max_new_tokens, temperature=temperature, top_k=top_k, eot=EOT,
-                         use_cache=use_cache, on_token=on_token)
-    return [tokenizer.decode(start[1:] + row) for start, row in zip(starts, new.tolist())]
-
-
-# -----------------------------------------------------------------------------
 
 DEFAULTS = dict(
     out=PICTUREBOOK_DIR,    # the dataset folder to draw into
@@ -530,7 +476,7 @@ DEFAULTS = dict(
 def main(argv):
     c = parse_flags(DEFAULTS, argv, minimum={'n_train': 0, 'n_val': 0, 'n_test': 0, 'img_size': 1},
                     doc=__doc__, sources=['data'])
-    prepare(c['out'], c['img_size'], pictures=make_picturebook(c['out'], c['n_train'], c['n_val'], c['n_test'],
+    prepare(c['out'], c['img_size'], drawn=make_picturebook(c['out'], c['n_train'], c['n_val'], c['n_test'],
                                                                 c['img_size'], c['seed']))
 
 

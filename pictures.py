@@ -262,7 +262,7 @@ def overlay(image, heat, px, alpha=0.6):
 def attention_picture(model, tokenizer, image, text, path, style='short', layer=None, columns=6, tile_px=96,
                       picture_px=128, size=13):
     """Write a PNG of what the model looked at in image (uint8 (S, S, 3)) while writing text (None: describe it
-    first, greedily, as data.describe does): attention_maps' heatmaps, one a word (or one for CLS), under the
+    first, greedily, as sample.describe does): attention_maps' heatmaps, one a word (or one for CLS), under the
     picture and the text. Returns (labels, maps): the words (or ['CLS']) and float64 maps (n, gh, gw), each summing
     to one over the image."""
     cfg = model.config
@@ -294,7 +294,7 @@ def attention_maps(model, tokenizer, image, text, style='short', layer=None):
     model.eval()  # no dropout, and the connector's calibrated statistics
     try:
         images = torch.from_numpy(image[None].copy()).to(device)
-        if text is None:  # greedily, as data.describe would, but keeping the very tokens the model wrote: encoding
+        if text is None:  # greedily, as sample.describe would, but keeping the very tokens the model wrote: encoding
             # its text again may spell it otherwise (GPT-2 has several ways to write '....'), tokens it never wrote
             start = torch.tensor([[start_id]], device=device)
             ids = model.generate(images, start, cfg.block_size, temperature=0, eot=EOT)[0].tolist()

@@ -43,8 +43,8 @@ import grade
 import pictures
 import picturebook
 from checkpoint import load_checkpoint, model_from_checkpoint
-from cli import UserError, file_hash, hold, let_go, parse_flags, pick_device, run_cli
-from data import describe
+from cli import UserError, file_hash, hold, let_go, loads, parse_flags, pick_device, run_cli
+from data import EOT, STYLE_TOKEN
 
 DEFAULTS = dict(
     out_dir='out-tiny',     # folder of the checkpoint (ckpt.pt)
@@ -65,6 +65,38 @@ DEFAULTS = dict(
     sheet='',               # also draw a sample sheet (PNG) of the pictures described (with --jsonl: the first 16)
     attention='',           # with --image or --scene: also draw where the model looked, word by word (PNG)
 )
+
+
+# -----------------------------------------------------------------------------
+# A model's tokens back into words: the one way, which train.py's log and serve.py's page use too
+
+def start_tokens(tokenizer, style, prompt, block_size):
+    """What the model continues: [style token] + the prompt's tokens ([<|endoftext|>] + ... for style None). A
+    UserError if it leaves the model no room to write (block_size tokens is the longest text it reads)."""
+    if style is not None and style not in STYLE_TOKEN:
+        raise UserError(f'--style={style}: use short or long')
+    start = [STYLE_TOKEN[style] if style else EOT] + tokenizer.encode(prompt.rstrip())
+    if len(start) >= block_size:
+        raise UserError(f'the prompt is {len(start) - 1} tokens long; this model reads at most {block_size} tokens, so '
+                        f'give it a beginning of fewer than {block_size - 1} ({prompt[:40]!r}...)')
+    return start
+
+
+@torch.no_grad()
+def describe(model, tokenizer, images, style='short', prompt='', temperature=0.7, top_k=20, max_new_tokens=120,
+             use_cache=True, on_token=None):
+    """Descriptions of images (B, S, S, 3) uint8 (numpy or torch), each starting with its prompt: one string for
+    all, or a list of B prompts of the same length in tokens. The model continues [style token] + prompt, the way
+    every training text begins (style None: <|endoftext|>, for a model trained with --style_token=false).
+    on_token: called with each step's new tokens, as model.generate says. Returns B strings."""
+    device = next(model.parameters()).device
+    images = torch.as_tensor(np.array(images)).to(device)  # a copy: memory-mapped arrays are read-only
+    prompts = [prompt] * len(images) if isinstance(prompt, str) else prompt
+    starts = [start_tokens(tokenizer, style, p, model.config.block_size) for p in prompts]
+    idx = torch.tensor(starts, dtype=torch.long, device=device)  # (B, T): fails unless all have the same length
+    new = model.generate(images, idx, max_new_tokens, temperature=temperature, top_k=top_k, eot=EOT,
+                         use_cache=use_cache, on_token=on_token)
+    return [tokenizer.decode(start[1:] + row) for start, row in zip(starts, new.tolist())]
 
 
 def main(argv):
@@ -140,7 +172,7 @@ def describe_file(model, tokenizer, f, opts, model_id):
     if len(todo) < len(records):
         print(f"{len(records) - len(todo):,} of {len(records):,} records are already described in {f['out']} "
               '(delete it to describe them again)')
-    lengths = [len(data.start_tokens(tokenizer, f['style'], p, model.config.block_size)) for p in prompts]
+    lengths = [len(start_tokens(tokenizer, f['style'], p, model.config.block_size)) for p in prompts]
     batches = []  # prompts of equal length in tokens are described together: a batch is one tensor
     for _, same in groupby(sorted(todo, key=lengths.__getitem__), key=lengths.__getitem__):
         same = list(same)
@@ -178,7 +210,7 @@ def describe_file(model, tokenizer, f, opts, model_id):
 def read_scene(text):
     """A picture-book scene from its JSON (as a record's "scene"), checked so that drawing it cannot fail."""
     try:
-        scene = checked_scene(data.loads(text))
+        scene = checked_scene(loads(text))
     except ValueError:
         scene = None
     if scene is None:

@@ -318,7 +318,7 @@ class Handler(BaseHTTPRequestHandler):
         prompt = body.get('prompt', '')
         if not isinstance(prompt, str) or len(prompt) > 4 * cfg.block_size:
             raise Refused(400, f'prompt: give text of at most {cfg.block_size - 2} tokens')
-        start = data.start_tokens(tokenizer, style, prompt, cfg.block_size)  # a prompt too long is a UserError
+        start = sample.start_tokens(tokenizer, style, prompt, cfg.block_size)  # a prompt too long is a UserError
         opts = dict(style=style, prompt=prompt, temperature=number(body, 'temperature', 0.7, 0, 2),
                     top_k=number(body, 'top_k', 20, 0, cfg.vocab_size, int),
                     max_new_tokens=number(body, 'max_new_tokens', 120, 1, cfg.block_size, int))
@@ -344,7 +344,7 @@ class Handler(BaseHTTPRequestHandler):
             with m.turns:  # this model's clients take turns, token by token
                 if client_gone(self.connection):
                     raise ClientLeft
-                text = data.describe(m.model, tokenizer, image[None], on_token=on_token, **opts)[0]
+                text = sample.describe(m.model, tokenizer, image[None], on_token=on_token, **opts)[0]
                 _, labels, maps, shares, about = pictures.attention_maps(m.model, tokenizer, image, ids, style)
         except (ClientLeft, ConnectionError):
             with self.server.stats_lock:
@@ -378,7 +378,7 @@ class LiveServer(ThreadingHTTPServer):
 
 def measure(name, n):
     """Time the server on 127.0.0.1 with checkpoint name: one client alone, then n at once (each a different test
-    scene, greedy), each text checked against describing its picture alone; and data.describe on the n pictures
+    scene, greedy), each text checked against describing its picture alone; and sample.describe on the n pictures
     in one batch, the way sample.py describes a dataset. Prints what it measured."""
     import http.client
     server = LiveServer('127.0.0.1', 0, root=ROOT, quiet=True)
@@ -410,9 +410,9 @@ def measure(name, n):
     crowd_s = time.perf_counter() - began
     images = np.stack([np.asarray(picturebook.draw_scene(s, m.model.config.img_size)) for s in scenes])
     style = 'short' if m.style_token else None
-    truth = [data.describe(m.model, m.tokenizer, im[None], style, temperature=0)[0] for im in images]
+    truth = [sample.describe(m.model, m.tokenizer, im[None], style, temperature=0)[0] for im in images]
     began = time.perf_counter()
-    batch = data.describe(m.model, m.tokenizer, images, style, temperature=0)
+    batch = sample.describe(m.model, m.tokenizer, images, style, temperature=0)
     batch_s = time.perf_counter() - began
     server.shutdown()
     server.server_close()
@@ -427,7 +427,7 @@ def measure(name, n):
           f'{1000 * max(o[0] for o in crowd if o):.0f} ms (last); {right} of {n} descriptions complete and the same as '
           f'describing each picture alone; {n} in {crowd_s:.2f} s: {n / crowd_s:.1f} descriptions/s, '
           f'{tokens / crowd_s:.0f} tokens/s')
-    print(f"sample.py's batch (data.describe on the {n} pictures at once): {batch_s:.2f} s: {n / batch_s:.1f} "
+    print(f"sample.py's batch (sample.describe on the {n} pictures at once): {batch_s:.2f} s: {n / batch_s:.1f} "
           f'descriptions/s, {tokens / batch_s:.0f} tokens/s; the same texts: '
           f'{sum(b == t for b, t in zip(batch, truth))} of {n}')
 

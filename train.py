@@ -52,7 +52,8 @@ from checkpoint import (StopRequest, any_process, keep_log_until, load_checkpoin
                         resume_settings, resume_state, save_checkpoint)
 from cli import UserError, given_flags, parse_flags, pick_device, run_cli
 from machine import keep_freed_memory, peak_flops, precision
-from data import Split, describe
+from data import Split
+from sample import describe
 from model import SIZES, NanoVLM, VLMConfig, check_config, config_from, global_sum
 from optim import configure_optimizer
 

@@ -76,6 +76,19 @@ def files_of(path):
     return out
 
 
+def test_draws_draw_what_pythons_random_draws():
+    """picturebook.Draws' lean sample draws the same as random.Random's, for every population size and count the
+    writer uses and beyond, so the book's bytes do not depend on which one writes it."""
+    theirs, ours = random.Random(11), picturebook.Draws(11)
+    for n in range(1, 40):
+        for k in range(0, min(n, 8) + 1):
+            for _ in range(20):
+                assert ours.sample(range(n), k) == theirs.sample(range(n), k)
+                assert ours.sample(list('abcdefghijklmnopqrstuvwxyz0123456789!?.,')[:n], k) == \
+                    theirs.sample(list('abcdefghijklmnopqrstuvwxyz0123456789!?.,')[:n], k)
+    assert ours.random() == theirs.random()
+
+
 def test_make_picturebook_is_deterministic(tmp_path):
     a, b, c = (str(tmp_path / name) for name in 'abc')
     for path, seed in ((a, 7), (b, 7), (c, 8)):
@@ -97,13 +110,14 @@ WRITTEN_BEFORE = {'train': '12fb812d6b4c56b915c774bf8adb9b3ef255cc527b01edb65b67
 
 
 def test_make_picturebook_with_its_pool_writes_what_one_process_did(tmp_path):
-    """The pool draws while this process writes: the same text as before, every picture the PNG that drawing the
-    page here makes, and the pictures handed to prepare() the same arrays as read back from the PNGs."""
+    """A process of its own writes the text while the pool draws: the same text as before, every picture the PNG
+    that drawing the page here makes, and the records and pictures handed to prepare() the same as the files hold,
+    so the same arrays as read back from the JSONL and the PNGs."""
     import hashlib
     import io
     import shutil
     path, again = str(tmp_path / 'pool'), str(tmp_path / 'read-back')
-    pictures = data.make_picturebook(path, n_train=60, n_val=10, n_test=10, img_size=32, seed=3)
+    drawn = data.make_picturebook(path, n_train=60, n_val=10, n_test=10, img_size=32, seed=3)
     files = files_of(path)
     assert {split: hashlib.sha256(files[f'{split}.jsonl']).hexdigest() for split in WRITTEN_BEFORE} == WRITTEN_BEFORE
     pages = list(picturebook.pages([('test', 10), ('val', 10), ('train', 60)], seed=3))
@@ -112,10 +126,11 @@ def test_make_picturebook_with_its_pool_writes_what_one_process_did(tmp_path):
         png = io.BytesIO()
         picturebook.draw_scene(scene, 32).save(png, format='PNG')
         assert files[f'images/{split}-{i:05d}.png'] == png.getvalue(), (split, i)
-    assert [len(pictures[s]) for s in ('test', 'val', 'train')] == [10, 10, 60]
+    assert [len(drawn[s][1]) for s in ('test', 'val', 'train')] == [10, 10, 60]
+    assert all(drawn[s][0] == data.read_jsonl(os.path.join(path, f'{s}.jsonl')) for s in ('test', 'val', 'train'))
     shutil.copytree(path, again)
-    data.prepare(path, 32, pictures=pictures)
-    data.prepare(again, 32)  # no pictures given: read back from the PNGs
+    data.prepare(path, 32, drawn=drawn)
+    data.prepare(again, 32)  # nothing given: read back from the JSONL and the PNGs
     arrays = {name: content for name, content in files_of(path).items() if name.endswith(('.npy', 'vocab.json'))}
     assert len(arrays) == 5 and arrays == {name: files_of(again)[name] for name in arrays}
 
@@ -141,7 +156,7 @@ def test_picturebook_test_records_carry_the_completion_beginnings(picturebook_di
 
 
 def test_no_val_or_test_scene_in_train(picturebook_dir):
-    keys = {split: [picturebook.scene_key(r['scene']) for r in data.read_jsonl(os.path.join(picturebook_dir, f'{split}.jsonl'))]
+    keys = {split: [json.dumps(r['scene'], sort_keys=True) for r in data.read_jsonl(os.path.join(picturebook_dir, f'{split}.jsonl'))]
             for split in ('train', 'val', 'test')}
     everything = keys['train'] + keys['val'] + keys['test']
     assert len(set(everything)) == len(everything)
@@ -150,10 +165,10 @@ def test_no_val_or_test_scene_in_train(picturebook_dir):
 def test_no_val_or_test_scene_in_train_when_scenes_repeat(tmp_path, monkeypatch):
     """With only 40 possible scenes repeats are certain; the splits must still hold distinct scenes."""
     pool = [picturebook.random_scene(random.Random(i)) for i in range(40)]
-    assert len({picturebook.scene_key(s) for s in pool}) == 40
+    assert len({json.dumps(s, sort_keys=True) for s in pool}) == 40
     monkeypatch.setattr(picturebook, 'random_scene', lambda rng: json.loads(json.dumps(rng.choice(pool))))
     data.make_picturebook(str(tmp_path), n_train=20, n_val=8, n_test=8, img_size=16)
-    keys = [picturebook.scene_key(r['scene']) for split in ('train', 'val', 'test')
+    keys = [json.dumps(r['scene'], sort_keys=True) for split in ('train', 'val', 'test')
             for r in data.read_jsonl(str(tmp_path / f'{split}.jsonl'))]
     assert len(keys) == 36 and len(set(keys)) == 36
 

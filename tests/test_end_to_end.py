@@ -11,6 +11,7 @@ import torch
 import checkpoint
 import data
 import grade
+import sample
 from conftest import ROOT
 
 
@@ -177,9 +178,9 @@ def test_grade_cli(samples, run_script, tmp_path):
 
 
 def test_describe_in_process(trained):
-    """data.describe with the cache and without writes the same greedy text, starting with the prompt."""
+    """sample.describe with the cache and without writes the same greedy text, starting with the prompt."""
     model, tokenizer = checkpoint.model_from_checkpoint(checkpoint.load_checkpoint(os.path.join(trained.out_dir, 'ckpt.pt')))
     images = np.stack([data.load_image(os.path.join(trained.data_dir, 'images', f'val-0000{i}.png'), 32) for i in range(3)])
-    a = data.describe(model, tokenizer, images, prompt='A red', temperature=0, max_new_tokens=25)
-    b = data.describe(model, tokenizer, images, prompt='A red', temperature=0, max_new_tokens=25, use_cache=False)
+    a = sample.describe(model, tokenizer, images, prompt='A red', temperature=0, max_new_tokens=25)
+    b = sample.describe(model, tokenizer, images, prompt='A red', temperature=0, max_new_tokens=25, use_cache=False)
     assert a == b and len(a) == 3 and all(t.startswith('A red') for t in a)

@@ -245,8 +245,8 @@ def test_bench_refuses_flags_it_would_ignore(run_main):
 # -----------------------------------------------------------------------------
 # The house: a file a sitting, imports one way, the world without torch.
 
-LAYERS = ['cli', 'picturebook', 'data', 'model', 'optim', 'machine', 'checkpoint', 'chat', 'batch', 'build', 'grade', 'pictures', 'train',
-          'sample', 'bench', 'serve']
+LAYERS = ['cli', 'picturebook', 'data', 'model', 'optim', 'machine', 'checkpoint', 'chat', 'batch', 'build', 'grade', 'pictures', 'sample',
+          'train', 'bench', 'serve']
 
 
 def test_modules_are_short_and_import_one_way():

@@ -13,6 +13,7 @@ from PIL import Image
 import data
 import picturebook
 import pictures
+import sample
 from checkpoint import load_checkpoint, model_from_checkpoint
 from cli import UserError
 from model import NanoVLM, SelfAttention
@@ -118,7 +119,7 @@ def test_the_grounding_line_counts_the_objects_named(tmp_path):
 
 def test_sample_sheet_of_a_trained_model(checkpoint, tmp_path):
     model, tokenizer, records, images = checkpoint
-    texts = data.describe(model, tokenizer, images, temperature=0, max_new_tokens=30)
+    texts = sample.describe(model, tokenizer, images, temperature=0, max_new_tokens=30)
     counts = pictures.sample_sheet(images, texts, tmp_path / 'sheet.png', scenes=[r['scene'] for r in records],
                                    columns=4, title='After 20 steps.')
     cell = max(pictures.enlarge(images[0], 128).width, 240)

@@ -17,6 +17,7 @@ from PIL import Image
 
 import data
 import picturebook
+import sample
 import serve
 from checkpoint import load_checkpoint, model_from_checkpoint
 from test_pictures_zoo import png_of_zeros
@@ -86,7 +87,7 @@ def test_describe_streams_words_marks_facts_and_sends_attention(live):
     assert len(steps) >= 2 and all(len(a) <= len(b) for a, b in zip(steps, steps[1:])), 'words do not come one by one'
     done = stream[-1][1]
     image = np.asarray(picturebook.draw_scene(SCENE, model.config.img_size))
-    alone = data.describe(model, tokenizer, image[None], prompt=PROMPT, temperature=0, max_new_tokens=20)[0]
+    alone = sample.describe(model, tokenizer, image[None], prompt=PROMPT, temperature=0, max_new_tokens=20)[0]
     assert done['text'] == alone == ''.join(w for w, _ in done['words'])  # the very text sample.py would write
     marks = {w.strip(): m for w, m in done['words'][:7]}
     assert marks['blue'] == marks['tree'] == 1 and marks['red'] == marks['ball'] == 2 and marks['and'] == 0
@@ -220,7 +221,7 @@ def test_twenty_clients_at_once_each_get_their_own_description(live):
         t.join(60)
     for i, scene in enumerate(scenes):
         image = np.asarray(picturebook.draw_scene(scene, model.config.img_size))
-        alone = data.describe(model, tokenizer, image[None], prompt=prompts[i], temperature=0, max_new_tokens=12)[0]
+        alone = sample.describe(model, tokenizer, image[None], prompt=prompts[i], temperature=0, max_new_tokens=12)[0]
         assert texts[i] == alone, (i, texts[i], alone)
 
 

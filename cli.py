@@ -8,10 +8,10 @@ indented commands of its docstring) and every flag with its default and its comm
 
 A mistake the user can make (a flag, a path, a file) is a UserError, and run_cli prints it as one line; so is a
 write that fails (a full disk), said with what was kept (write_failed). The --device flag means the same
-everywhere (pick_device). Files are written the one safe way: a path read from data is kept inside its folder
-(inside), JSON from outside is parsed never deeper than MAX_DEPTH (loads), a file is replaced whole under a
-temporary name of this process's own (write_file, temporary), and two runs that would write the same place are
-kept apart by one lock (hold).
+everywhere (pick_device). What comes in and goes out takes one safe way each: a path read from data is kept
+inside its folder (inside), JSON from outside is parsed never deeper than MAX_DEPTH (loads), a file is replaced
+whole under a temporary name of this process's own (write_file, temporary), and two runs that would write the same
+place are kept apart by one lock (hold).
 """
 import contextlib
 import difflib

@@ -135,6 +135,31 @@ def test_make_picturebook_with_its_pool_writes_what_one_process_did(tmp_path):
     assert len(arrays) == 5 and arrays == {name: files_of(again)[name] for name in arrays}
 
 
+def test_ctrl_c_while_drawing_stops_every_process_in_one_line(tmp_path):
+    """Ctrl-C (to the whole process group, as a terminal sends it) while the writer's process writes and the pool
+    draws: one line, status 130, no process left behind, and no JSONL that would pass for a dataset."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    out = str(tmp_path / 'book')
+    p = subprocess.Popen([sys.executable, 'data.py', f'--out={out}', '--n_train=30000', '--n_val=10', '--n_test=10',
+                          '--img_size=16'], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True,  # its own group, like a terminal's job; SIGINT as Ctrl-C means it
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 60
+    while time.time() < deadline and len(os.listdir(os.path.join(out, 'images')) if os.path.isdir(out) else []) < 200:
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.strip() == 'interrupted', err
+    time.sleep(0.5)
+    left = subprocess.run(['pgrep', '-s', str(p.pid)], capture_output=True, text=True).stdout.split()
+    assert left == [], f'processes of the run still there: {left}'
+    assert not any(name.endswith('.jsonl') for name in os.listdir(out))
+
+
 def test_picturebook_records(picturebook_dir):
     for split, n in (('train', 64), ('val', 16), ('test', 16)):
         records = data.read_jsonl(os.path.join(picturebook_dir, f'{split}.jsonl'))

@@ -233,7 +233,8 @@ def written_pages(counts, seed):
     try:
         yield (page for hundred in iter(received.recv, None) for page in hundred)
     finally:
-        writer.terminate()
+        writer.terminate()  # done, or stopped early (an error, Ctrl-C): either way gone, and reaped, before training
+        writer.join()
 
 
 def write_pages(send, counts, seed):

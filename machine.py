@@ -15,8 +15,8 @@ from cli import UserError
 
 def precision(device, dtype):
     """(dtype, autocast context) for --dtype: 'auto' is bfloat16 autocast on a GPU or a CPU that has it in hardware
-    (tiny's step: 1.96x faster than float32 on our 2 cores, README's record table), else float32. Weights and optimiser state stay float32.
-    On CUDA, float32 matmuls may use TF32 tensor cores as well."""
+    (tiny's step: 1.96x faster than float32 on our 2 cores, README's record table), else float32. Weights and
+    optimiser state stay float32. On CUDA, float32 matmuls may use TF32 tensor cores as well."""
     if dtype not in ('auto', 'float32', 'bfloat16'):
         raise UserError(f'--dtype={dtype}: use auto, float32 or bfloat16')
     if dtype == 'auto':
